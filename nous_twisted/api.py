@@ -1,0 +1,62 @@
+"""The public calls: ``post`` and ``stream``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IAgent
+
+from .request import HeadersArg, prepare
+from .resolve import resolve_http_backend
+from .response import to_value
+
+
+def check_call_options(timeout: object, connect_timeout: object, agent: object) -> None:
+    for name, v in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number of seconds, not {type(v).__name__}")
+        if not v > 0 or v == float("inf"):
+            raise ValueError(f"{name} must be a positive, finite number of seconds, not {v!r}")
+    if agent is not None and not IAgent.providedBy(agent):
+        raise TypeError(
+            f"agent must provide twisted.web.iweb.IAgent (a twisted.web.client.Agent, say), "
+            f"not {type(agent).__name__}"
+        )
+
+
+def post(
+    url: str,
+    body: Any,
+    headers: HeadersArg = (),
+    *,
+    backend: Any = None,
+    timeout: float = 180.0,
+    connect_timeout: float = 30.0,
+    agent: IAgent | None = None,
+    reactor: Any = None,
+) -> Deferred[Any]:
+    """POST ``body`` as JSON to ``url``; fire with the decoded JSON reply.
+
+    :param body: a mapping or list (encoded with orjson) or bytes (sent as is).
+    :param headers: a mapping or (name, value) pairs; ``Content-Type:
+        application/json`` is added when missing.
+    :param backend: ``"treq"``, ``"agent"``, a dotted path, a class or an
+        instance providing ``IHTTPBackend``; None falls through to
+        ``NOUS_HTTP_BACKEND``, then ``configure(http_backend=)``, then treq.
+    :param timeout: seconds for the whole response, body included.
+    :param connect_timeout: seconds for a pool slot, TCP connect and TLS handshake.
+    :param agent: send through this ``IAgent`` instead of the shared pool.
+    :param reactor: the reactor (default: the global one, resolved now).
+    :return: a Deferred firing with the decoded body (``{}`` for an empty one),
+        or failing with ``HTTPStatusError``, a ``TransportError`` or
+        ``DecodeError``.  Cancelling it aborts the connection.
+    :raises TypeError, ValueError: at once, for bad arguments.
+    """
+    request = prepare(url, body, headers)
+    check_call_options(timeout, connect_timeout, agent)
+    impl = resolve_http_backend(backend)
+    d: Deferred[Any] = impl.post(
+        request, timeout=timeout, connect_timeout=connect_timeout, agent=agent, reactor=reactor
+    )
+    return d.addCallback(to_value, request.display_url)

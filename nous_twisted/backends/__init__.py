@@ -1,0 +1,1 @@
+"""The built-in backends: treq (default) and a raw twisted.web.client.Agent."""

@@ -1,0 +1,44 @@
+"""Non-streaming POST on a raw ``twisted.web.client.Agent``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
+
+from ..exchange import BytesProducer, PostExchange
+from ..interfaces import IHTTPBackend
+from ..pool import default_reactor, get_transport
+from ..request import HTTPRequest
+from ..response import RawResponse
+
+
+@implementer(IHTTPBackend)
+class AgentBackend:
+    """The shortest path Twisted offers: ``Agent.request`` on the shared pool."""
+
+    name = "agent"
+
+    def post(
+        self,
+        request: HTTPRequest,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        agent: IAgent | None = None,
+        reactor: Any = None,
+    ) -> Deferred[RawResponse]:
+        reactor = default_reactor(reactor)
+        shared = agent is None
+        use: IAgent = get_transport(reactor).agent if agent is None else agent
+        exchange = PostExchange(reactor, request, timeout, connect_timeout, shared)
+        return exchange.start(
+            lambda: use.request(
+                b"POST", request.url_bytes, request.twisted_headers(), BytesProducer(request.body)
+            )
+        )
+
+    def __repr__(self) -> str:
+        return "AgentBackend()"

@@ -1,0 +1,184 @@
+"""The typed errors of nous_twisted.
+
+Every failure the library reports is a :class:`NousHTTPError`.  Messages name
+what went wrong and how to fix it; they never carry header values or query
+strings, which is where API keys live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class NousHTTPError(Exception):
+    """The base of every error nous_twisted reports."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class BackendConfigError(NousHTTPError, ValueError):
+    """A backend setting names nothing usable.
+
+    :ivar setting: where the value came from (an argument, an environment
+        variable, a configuration key).
+    :ivar value: the offending value, as text.
+    """
+
+    def __init__(self, setting: str, value: object, problem: str, accepted: str) -> None:
+        self.setting = setting
+        self.value = value
+        super().__init__(f"{setting} = {value!r}: {problem}. Accepted: {accepted}.")
+
+
+class HTTPStatusError(NousHTTPError):
+    """The server answered with a status outside 2xx (redirects are not followed).
+
+    :ivar status: the HTTP status code.
+    :ivar body: the decoded JSON body when it parses, else the body as text.
+    :ivar headers: the response headers, lower-case names, repeated values
+        joined with ``", "``.
+    :ivar request_id: the provider's request id (``x-request-id`` or
+        ``request-id``), or None.
+    :ivar retry_after: seconds to wait before retrying, or None.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        body: Any,
+        headers: Mapping[str, str],
+        request_id: str | None,
+        retry_after: float | None,
+        url: str = "",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = dict(headers)
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.url = url
+        detail = _error_detail(body)
+        parts = [f"HTTP {status}"]
+        if url:
+            parts.append(f"from {url}")
+        message = " ".join(parts)
+        if detail:
+            message += f": {detail}"
+        if request_id:
+            message += f" (request id {request_id})"
+        if retry_after is not None:
+            message += f"; retry after {retry_after:g} s"
+        super().__init__(message)
+
+
+def _error_detail(body: Any) -> str:
+    """The provider's own error message, when the body carries one."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message")
+            if isinstance(msg, str):
+                return msg[:300]
+        elif isinstance(err, str):
+            return err[:300]
+    if isinstance(body, str):
+        return body[:300]
+    return ""
+
+
+class TransportError(NousHTTPError):
+    """The exchange failed below HTTP: connection, TLS, timeouts, truncation."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, unreachable, DNS failure)."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake failed: an untrusted certificate, a host-name mismatch."""
+
+
+class RequestTimeout(TransportError):
+    """A timeout expired.
+
+    :ivar phase: ``"connect"`` (connect, TLS handshake, waiting for a pool
+        slot), ``"receive"`` (the whole response of ``post``) or ``"idle"``
+        (the gap between two stream events).
+    :ivar timeout: the limit that expired, in seconds.
+    """
+
+    def __init__(self, phase: str, timeout: float, url: str = "") -> None:
+        self.phase = phase
+        self.timeout = timeout
+        where = f" for {url}" if url else ""
+        hint = {
+            "connect": "raise connect_timeout, or check that the host is reachable "
+            "and the pool (PoolSettings.max_connections) is not saturated",
+            "receive": "raise timeout= if the model needs longer to answer",
+            "idle": "raise timeout= (the idle limit between two stream events)",
+        }.get(phase, "")
+        super().__init__(
+            f"{phase} timeout after {timeout:g} s{where}" + (f"; {hint}" if hint else "")
+        )
+
+
+class StreamTruncated(TransportError):
+    """The response body ended uncleanly (connection lost mid-body, an
+    unterminated chunked body, or a stream ended before its end signal)."""
+
+
+class DecodeError(NousHTTPError):
+    """A 2xx body that is not JSON.
+
+    :ivar raw: the raw body bytes.
+    """
+
+    def __init__(self, message: str, raw: bytes) -> None:
+        self.raw = raw
+        super().__init__(message)
+
+
+class BufferOverflow(NousHTTPError):
+    """An event, line or body over the size limit, or a consumer that held a
+    stream paused past the backpressure limit."""
+
+
+class ProviderError(NousHTTPError):
+    """An error the provider delivered inside a successful stream.
+
+    :ivar error_type: the provider's error type (``"overloaded_error"``, ...) or None.
+    :ivar payload: the decoded error object as the provider sent it.
+    """
+
+    def __init__(self, payload: Any, error_type: str | None = None) -> None:
+        self.payload = payload
+        self.error_type = error_type
+        detail = _error_detail(payload) or "the provider reported an error"
+        prefix = f"{error_type}: " if error_type else ""
+        super().__init__(f"provider error in stream: {prefix}{detail}")
+
+
+__all__ = [
+    "BackendConfigError",
+    "BufferOverflow",
+    "ConnectError",
+    "DecodeError",
+    "HTTPStatusError",
+    "NousHTTPError",
+    "ProviderError",
+    "RequestTimeout",
+    "StreamTruncated",
+    "TLSError",
+    "TransportError",
+]

@@ -1,0 +1,158 @@
+"""Turning a raw response into a value or a typed error.
+
+Shared by every non-streaming backend, so that the same bytes give the same
+result whichever backend moved them; the stream backends use the status-error
+half for non-2xx streams.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from .errors import DecodeError, HTTPStatusError
+
+log = Logger(namespace="nous_twisted")
+
+LOGGED_BODY_BYTES = 500
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What a backend hands back: the status, the headers and the whole body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+def header_dict(headers: Headers) -> dict[str, str]:
+    """Lower-case names; repeated values joined with ", "."""
+    out: dict[str, str] = {}
+    for name, values in headers.getAllRawHeaders():
+        out[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
+    return out
+
+
+def decode_error_body(body: bytes) -> Any:
+    """The decoded JSON when it parses, else the text."""
+    if not body:
+        return ""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+
+
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _float(text: str) -> float | None:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        return None
+    if v != v or v < 0 or v == float("inf"):
+        return None
+    return v
+
+
+def parse_retry_after(headers: dict[str, str], body: Any, now: float | None = None) -> float | None:
+    """Seconds to wait, from ``retry-after-ms``, ``Retry-After`` (seconds or an
+    HTTP date) or a Google ``RetryInfo.retryDelay`` in the body; None if absent."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        v = _float(ms)
+        if v is not None:
+            return v / 1000.0
+    ra = headers.get("retry-after")
+    if ra is not None:
+        v = _float(ra)
+        if v is not None:
+            return v
+        try:
+            when = parsedate_to_datetime(ra)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            now = time.time() if now is None else now
+            return max(0.0, when.timestamp() - now)
+    return _google_retry_delay(body)
+
+
+def _google_retry_delay(body: Any) -> float | None:
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if not isinstance(err, dict):
+        return None
+    details = err.get("details")
+    if not isinstance(details, list):
+        return None
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            if isinstance(delay, str):
+                m = _DELAY.match(delay)
+                if m:
+                    return float(m.group(1))
+            elif isinstance(delay, dict):  # {"seconds": 30, "nanos": 0}
+                try:
+                    return float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
+                except (TypeError, ValueError):
+                    return None
+    return None
+
+
+def status_error(status: int, headers: Headers, body: bytes, url: str) -> HTTPStatusError:
+    """The HTTPStatusError for a non-2xx response; logs it."""
+    hd = header_dict(headers)
+    decoded = decode_error_body(body)
+    err = HTTPStatusError(
+        status,
+        decoded,
+        hd,
+        hd.get("x-request-id") or hd.get("request-id"),
+        parse_retry_after(hd, decoded),
+        url,
+    )
+    log.warn(
+        "POST {url} failed: HTTP {status}: {body}",
+        url=url,
+        status=status,
+        body=body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"),
+    )
+    return err
+
+
+def to_value(raw: RawResponse, url: str) -> Any:
+    """The decoded JSON of a 2xx response; raise the typed error otherwise."""
+    status = raw.status
+    if not 200 <= status < 300:
+        raise status_error(status, raw.headers, raw.body, url)
+    body = raw.body
+    if not body or body.isspace():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        log.warn(
+            "POST {url}: HTTP {status} body is not JSON ({error}): {body}",
+            url=url,
+            status=status,
+            error=str(e),
+            body=body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"),
+        )
+        raise DecodeError(
+            f"HTTP {status} from {url}: the body is not JSON ({e}); the raw bytes are in .raw",
+            body,
+        ) from None

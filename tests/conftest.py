@@ -1,0 +1,67 @@
+"""Shared fixtures: a clean library state per test, loopback servers, TLS material.
+
+Run twice: ``pytest`` (default reactor) and ``pytest --reactor=asyncio``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import trustme
+from twisted.internet.ssl import PrivateCertificate
+
+import nous_twisted
+from nous_twisted.testing import FakeLLMServer
+
+
+def get_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("NOUS_HTTP_BACKEND", raising=False)
+    monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    nous_twisted.configure(
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
+    )
+    yield
+    pytest_twisted.blockon(nous_twisted.shutdown())
+    nous_twisted.configure(
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def fake() -> AsyncIterator[FakeLLMServer]:
+    server = await FakeLLMServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_tls_options(ca: trustme.CA, *names: str) -> Any:
+    cert = ca.issue_cert(*names)
+    pem = cert.private_key_and_cert_chain_pem.bytes()
+    return PrivateCertificate.loadPEM(pem).options()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Any) -> str:
+    path = os.path.join(str(tmp_path), "ca.pem")
+    ca.cert_pem.write_to_path(path)
+    return path
+
+
+BACKENDS = ["treq", "agent"]

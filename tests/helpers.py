@@ -1,0 +1,113 @@
+"""Loopback servers that misbehave on purpose, and small async helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+
+
+def get_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    get_reactor().callLater(seconds, d.callback, None)
+    return d
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> None:
+    """Poll ``cond`` on the reactor until it holds; fail after ``timeout``."""
+    waited = 0.0
+    while not cond():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await sleep(step)
+        waited += step
+
+
+class RawServer:
+    """A TCP server on loopback whose replies are scripted by ``on_data``.
+
+    ``on_data(protocol, data)`` is called with everything received so far
+    once a full request head (and Content-Length body) has arrived.
+    """
+
+    def __init__(self, on_request: Callable[[Protocol], None] | None = None) -> None:
+        self.on_request = on_request
+        self.connections: list[_RawProtocol] = []
+        self.closed = 0
+        self.port: Any = None
+
+    def listen(self) -> RawServer:
+        factory = Factory.forProtocol(_RawProtocol)
+        factory.server = self  # type: ignore[attr-defined]
+        factory.noisy = False
+        self.port = get_reactor().listenTCP(0, factory, interface="127.0.0.1")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @property
+    def open(self) -> int:
+        return len(self.connections) - self.closed
+
+    async def stop(self) -> None:
+        for p in self.connections:
+            if p.transport is not None and p.connected:
+                p.transport.abortConnection()
+        await self.port.stopListening()
+
+
+class _RawProtocol(Protocol):
+    def connectionMade(self) -> None:
+        self.server: RawServer = self.factory.server  # type: ignore[attr-defined]
+        self.server.connections.append(self)
+        self.buffer = b""
+        self.handled = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if self.handled or b"\r\n\r\n" not in self.buffer:
+            return
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if len(rest) < length:
+            return
+        self.handled = True
+        if self.server.on_request is not None:
+            self.server.on_request(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.closed += 1
+
+
+class LogCapture:
+    """Collects twisted.logger events while in use."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LogCapture:
+        globalLogPublisher.addObserver(self.events.append)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self.events.append)
+
+    def text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) + " " + repr(e) for e in self.events)
