@@ -81,10 +81,10 @@ def _is_tls_failure(value: BaseException) -> bool:
     return isinstance(value, (SSLError, VerificationError))
 
 
-def _reasons(value: BaseException) -> list[BaseException]:
+def _reasons(value: BaseException | None) -> list[BaseException]:
     if isinstance(value, _WrapperException):
-        return [r.value for r in value.reasons]
-    return [value]
+        return [r.value for r in value.reasons if r.value is not None]
+    return [] if value is None else [value]
 
 
 def classify(failure: Failure, url: str) -> Failure:
@@ -132,7 +132,7 @@ def _describe(e: BaseException) -> str:
 
 
 class _BodyCollector(Protocol):
-    __slots__ = ("exchange", "chunks", "size")
+    __slots__ = ("chunks", "exchange", "size")
 
     def __init__(self, exchange: PostExchange) -> None:
         self.exchange = exchange

@@ -81,7 +81,7 @@ CONNECT_TICKET: contextvars.ContextVar[ConnectTicket | None] = contextvars.Conte
 class _Slot:
     """One connection's place in its host's limit; released exactly once."""
 
-    __slots__ = ("pool", "key", "protocol", "released")
+    __slots__ = ("key", "pool", "protocol", "released")
 
     def __init__(self, pool: NousConnectionPool, key: Hashable) -> None:
         self.pool = pool
@@ -130,7 +130,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         try:
-            super().connectionLost(reason)
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self._slot.release()
             d, self._handshake = self._handshake, None
@@ -147,7 +147,7 @@ class _PooledFactory(Factory):
         self._quiescent = quiescent
 
     def buildProtocol(self, addr: Any) -> _PooledProtocol:
-        p = _PooledProtocol(self._quiescent)
+        p = _PooledProtocol(self._quiescent)  # type: ignore[no-untyped-call]
         p._slot = self._slot
         self._slot.protocol = p
         return p
@@ -156,7 +156,7 @@ class _PooledFactory(Factory):
 class _Waiter:
     """A request queued for a slot; cancelling it leaves the queue or the connect."""
 
-    __slots__ = ("pool", "key", "endpoint", "d", "inner")
+    __slots__ = ("d", "endpoint", "inner", "key", "pool")
 
     def __init__(self, pool: NousConnectionPool, key: Hashable, endpoint: IStreamClientEndpoint) -> None:
         self.pool = pool
@@ -189,7 +189,7 @@ class NousConnectionPool(HTTPConnectionPool):
     retryAutomatically = False
 
     def __init__(self, reactor: Any, settings: PoolSettings) -> None:
-        super().__init__(reactor, persistent=True)
+        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]
         self._slots: dict[Hashable, set[_Slot]] = {}
         self._waiters: dict[Hashable, deque[_Waiter]] = {}
         self.apply(settings)
@@ -200,7 +200,8 @@ class NousConnectionPool(HTTPConnectionPool):
         """Take new settings now: limits, and the idle timeout of cached connections."""
         self.max_connections = settings.max_connections
         self.maxPersistentPerHost = settings.max_connections
-        self.cachedConnectionTimeout = settings.timeout / 1000.0
+        # Twisted declares this an int but only ever passes it to callLater.
+        self.cachedConnectionTimeout = settings.timeout / 1000.0  # type: ignore[assignment]
         for key, conns in list(self._connections.items()):
             while len(conns) > self.maxPersistentPerHost:
                 self._removeConnection(key, conns[0])
@@ -317,7 +318,7 @@ class NousConnectionPool(HTTPConnectionPool):
     # -- returning and dropping connections -------------------------------
 
     def _putConnection(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
-        super()._putConnection(key, connection)
+        super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
         if key in self._waiters:
             # Not now: the quiescent callback runs before the protocol has
             # finished with the previous response.
@@ -327,7 +328,9 @@ class NousConnectionPool(HTTPConnectionPool):
         # Abort rather than loseConnection: an idle TLS connection waiting for
         # close_notify may never close (twisted#8930), holding its slot.
         self._connections[key].remove(connection)
-        self._timeouts.pop(connection).cancel()
+        call = self._timeouts.pop(connection)
+        if call.active():  # not when this is the idle timer firing
+            call.cancel()
         abort_transport(connection.transport)
 
     def close_all(self, wait: float = SHUTDOWN_WAIT) -> Deferred[None]:
@@ -350,8 +353,11 @@ class NousConnectionPool(HTTPConnectionPool):
                     abort_transport(proto.transport)
         done: Deferred[Any] = DeferredList(closed, consumeErrors=True)
         done.addTimeout(wait, self._reactor)
-        done.addErrback(lambda f: log.warn("shutdown: connections still open after {wait} s", wait=wait))
-        return done.addCallback(lambda _: None)
+
+        def late(_: Failure) -> None:
+            log.warn("shutdown: connections still open after {wait} s", wait=wait)
+
+        return done.addCallbacks(lambda _: None, late)
 
     def closeCachedConnections(self) -> Deferred[None]:
         return self.close_all()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from twisted.web.http_headers import Headers
 
-HeadersArg = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]]
 
 # RFC 9110 token characters: what a header field name may hold.
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")

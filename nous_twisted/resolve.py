@@ -65,6 +65,7 @@ def _import(path: str) -> Any:
 def _coerce(kind: str, value: Any, setting: str) -> Any:
     iface, builtins = _KINDS[kind]
     accepted = _ACCEPTED.format(iface=iface.__name__)
+    shown = value  # errors name the value as the user wrote it
     if isinstance(value, str):
         name = value.strip()
         key = f"{kind}:{name}"
@@ -86,17 +87,17 @@ def _coerce(kind: str, value: Any, setting: str) -> Any:
     if isinstance(value, type):
         if not iface.implementedBy(value):
             raise BackendConfigError(
-                setting, value, f"the class does not implement {iface.__name__}", accepted
+                setting, shown, f"the class does not implement {iface.__name__}", accepted
             )
         try:
             value = value()
         except Exception as e:
             raise BackendConfigError(
-                setting, value, f"the class cannot be instantiated with no arguments ({e})", accepted
+                setting, shown, f"the class cannot be instantiated with no arguments ({e})", accepted
             ) from e
     if not iface.providedBy(value):
         raise BackendConfigError(
-            setting, value, f"the object does not provide {iface.__name__}", accepted
+            setting, shown, f"the object does not provide {iface.__name__}", accepted
         )
     return value
 

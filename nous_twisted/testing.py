@@ -25,17 +25,19 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .pool import default_reactor
 
-_WORDS = (
-    "Hello from the fake LLM server . Twisted reactors stream tokens one at a time , "
-    "and this reply is deterministic so that tests can check every byte ."
-).split()
+_WORDS = ["Hello", "from", "the", "fake", "LLM", "server", ".", "Twisted", "reactors", "stream", "tokens", "one", "at", "a", "time", ",", "and", "this", "reply", "is", "deterministic", "so", "that", "tests", "can", "check", "every", "byte", "."]
+
+
+_CLOSED = Failure(ConnectionDone())
 
 
 def reply_tokens(n: int) -> list[str]:
@@ -74,22 +76,22 @@ class Fault:
 
 
 class _CountingProtocol(ProtocolWrapper):
-    def connectionMade(self) -> None:
-        f: _CountingFactory = self.factory  # type: ignore[assignment]
-        f.server._connection_opened()
-        super().connectionMade()
+    factory: _CountingFactory
 
-    def connectionLost(self, reason: Any) -> None:
-        f: _CountingFactory = self.factory  # type: ignore[assignment]
-        super().connectionLost(reason)
-        f.server._connection_closed()
+    def connectionMade(self) -> None:
+        self.factory.server._connection_opened()
+        super().connectionMade()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = _CLOSED) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        self.factory.server._connection_closed()
 
 
 class _CountingFactory(WrappingFactory):
     protocol = _CountingProtocol
 
     def __init__(self, wrapped: server.Site, fake: FakeLLMServer) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.server = fake
 
 
@@ -183,7 +185,7 @@ class _Endpoint(resource.Resource):
     isLeaf = True
 
     def __init__(self, fake: FakeLLMServer) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.fake = fake
 
     def render_GET(self, request: Request) -> bytes:
@@ -258,9 +260,9 @@ class FakeLLMServer:
         """Stop listening and drop every open connection."""
         for reply in list(self._replies):
             reply._gone(None)
-        d = self._port.stopListening() if self._port is not None else succeed(None)
+        stopped = self._port.stopListening() if self._port is not None else None
         self._port = None
-        closing = [d]
+        closing: list[Deferred[None]] = [stopped if stopped is not None else succeed(None)]
         if self.open_connections:
             w: Deferred[None] = Deferred()
             self._close_waiters.append(w)
@@ -280,7 +282,7 @@ class FakeLLMServer:
     @property
     def port(self) -> int:
         assert self._port is not None, "start() the server first"
-        return int(self._port.getHost().port)
+        return int(self._port.getHost().port)  # type: ignore[attr-defined]
 
     @property
     def url(self) -> str:

@@ -280,8 +280,8 @@ async def test_agent_override_bypasses_shared_pool(fake: FakeLLMServer, backend:
             calls.append(uri)
             return self.inner.request(method, uri, headers, bodyProducer)
 
-    from zope.interface import directlyProvides
     from twisted.web.iweb import IAgent
+    from zope.interface import directlyProvides
 
     agent = Recording(Agent(get_reactor()))  # non-persistent: its own connections
     directlyProvides(agent, IAgent)
@@ -295,9 +295,8 @@ async def test_agent_override_bypasses_shared_pool(fake: FakeLLMServer, backend:
 async def test_failures_are_logged_with_status_and_bounded_body(fake: FakeLLMServer, backend: str) -> None:
     big = {"error": {"message": "x" * 5000}}
     fake.inject(Fault(status=500, error_body=big))
-    with LogCapture() as logs:
-        with pytest.raises(HTTPStatusError):
-            await post(fake.chat_url, CHAT, {"Authorization": "Bearer sk-live-SECRET"}, backend=backend)
+    with LogCapture() as logs, pytest.raises(HTTPStatusError):
+        await post(fake.chat_url, CHAT, {"Authorization": "Bearer sk-live-SECRET"}, backend=backend)
     events = [e for e in logs.events if e.get("status") == 500]
     assert events, logs.text()
     assert len(events[0]["body"]) <= 500

@@ -1,0 +1,102 @@
+"""Bad arguments fail at once, with clear messages that never show secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nous_twisted import post
+from nous_twisted.request import prepare
+
+from .helpers import LogCapture
+
+URL = "http://127.0.0.1:9/v1/chat/completions"
+SECRET = "sk-live-0123456789SECRET"
+
+
+@pytest.mark.parametrize(
+    "url,exc,match",
+    [
+        (b"http://x/", TypeError, "url must be a str"),
+        (None, TypeError, "url must be a str"),
+        ("ftp://x/y", ValueError, "only 'http' and 'https'"),
+        ("http:///path", ValueError, "has no host"),
+        ("http://x:99999/", ValueError, "not a valid URL"),
+        ("http://x/a b", ValueError, "whitespace"),
+        ("http://x/a\r\nInjected: 1", ValueError, "control characters"),
+    ],
+)
+def test_bad_urls(url: Any, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        post(url, {})
+
+
+@pytest.mark.parametrize(
+    "body,exc,match",
+    [
+        ("{}", TypeError, "encode it to bytes"),
+        (42, TypeError, "Mapping, a list or bytes"),
+        (None, TypeError, "Mapping, a list or bytes"),
+        ({"x": object()}, TypeError, "cannot be encoded as JSON"),
+    ],
+)
+def test_bad_bodies(body: Any, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        post(URL, body)
+
+
+@pytest.mark.parametrize(
+    "headers,exc,match",
+    [
+        ("Authorization: x", TypeError, "not a string"),
+        (42, TypeError, "mapping or an iterable"),
+        ([("a",)], TypeError, "pair"),
+        ({"Bad Name": "v"}, ValueError, "not a valid HTTP field name"),
+        ({"X": 5}, TypeError, "must be str"),
+        ({"Authorization": f"Bearer {SECRET}\r\nX-Evil: 1"}, ValueError, "CR, LF or NUL"),
+        ({"Authorization": f"Bearer {SECRET}\n"}, ValueError, "CR, LF or NUL"),
+        ({"Authorization": f"Bearer {SECRET}\u20ac"}, ValueError, "Latin-1"),
+    ],
+)
+def test_bad_headers_never_echo_values(headers: Any, exc: type, match: str) -> None:
+    with LogCapture() as logs, pytest.raises(exc, match=match) as info:
+        post(URL, {}, headers)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert SECRET not in logs.text()
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        ({"timeout": 0}, ValueError, "timeout must be a positive"),
+        ({"timeout": "10"}, TypeError, "timeout must be a number"),
+        ({"connect_timeout": -1}, ValueError, "connect_timeout"),
+        ({"timeout": float("nan")}, ValueError, "timeout"),
+        ({"agent": object()}, TypeError, "IAgent"),
+    ],
+)
+def test_bad_options(kw: dict[str, Any], exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        post(URL, {}, **kw)
+
+
+def test_request_repr_redacts_secrets_and_query() -> None:
+    req = prepare(URL + "?key=GOOGLEKEY", {"a": 1}, {"Authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "X-Trace": "t1"})
+    text = repr(req)
+    assert SECRET not in text and "GOOGLEKEY" not in text
+    assert "<redacted>" in text and "X-Trace: t1" in text
+
+
+def test_prepare_adds_content_type_once() -> None:
+    req = prepare(URL, [1, 2], [("content-type", "application/json; charset=utf-8")])
+    assert [v for n, v in req.headers if n.lower() == b"content-type"] == [b"application/json; charset=utf-8"]
+    assert req.body == b"[1,2]"
+    req = prepare(URL, {"a": "é"}, {})
+    assert (b"content-type", b"application/json") in req.headers
+    assert req.body == '{"a":"é"}'.encode()
+
+
+def test_non_ascii_url_is_encoded() -> None:
+    req = prepare("http://127.0.0.1:9/v1/modèle", {}, ())
+    assert req.url_bytes == b"http://127.0.0.1:9/v1/mod%C3%A8le"

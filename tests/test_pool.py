@@ -1,0 +1,137 @@
+"""The shared pool, measured on the real socket: limits, reuse, idle timeout, shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import gatherResults
+
+import nous_twisted
+from nous_twisted import PoolSettings, post
+from nous_twisted.pool import get_transport
+from nous_twisted.testing import FakeLLMServer, Fault
+
+from .helpers import sleep, wait_for
+
+CHAT = {"model": "m", "messages": []}
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections_is_a_real_per_host_cap_fifo() -> None:
+    nous_twisted.configure(pool=PoolSettings(max_connections=4))
+    async with FakeLLMServer(reply_tokens=5, token_delay=0.01) as server:  # ~50 ms per reply
+        order: list[int] = []
+
+        def done(reply: dict, i: int) -> int:
+            order.append(i)
+            return i
+
+        calls = [
+            post(server.chat_url, {"model": "m", "n": i}, backend="treq" if i % 2 else "agent").addCallback(done, i)
+            for i in range(32)
+        ]
+        # Requests over the cap are queued, not connected.
+        assert get_transport().pool.open_connections() <= 4
+        assert get_transport().pool.waiting() == 28
+        results = await gatherResults(calls)
+        assert results == list(range(32))
+        assert server.max_open_connections == 4
+        assert server.connections_made == 4
+        # FIFO: four at a time, in the order they were made. Within a wave the
+        # four race on separate sockets; across waves the order is strict.
+        arrivals = [r.body["n"] for r in server.requests]
+        waves = [n // 4 for n in arrivals]
+        assert sorted(arrivals) == list(range(32))
+        assert waves == sorted(waves), arrivals
+        assert [n // 4 for n in order] == sorted(n // 4 for n in order), order
+
+
+@pytest_twisted.ensureDeferred
+async def test_sequential_posts_alternating_backends_share_one_connection(fake: FakeLLMServer) -> None:
+    for i in range(50):
+        reply = await post(fake.chat_url, CHAT, backend="treq" if i % 2 == 0 else "agent")
+        assert reply["object"] == "chat.completion"
+    assert fake.connections_made == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_keepalive_timeout_closes_cached_connection() -> None:
+    nous_twisted.configure(pool=PoolSettings(timeout=150))
+    async with FakeLLMServer() as server:
+        await post(server.chat_url, CHAT)
+        assert server.open_connections == 1
+        await sleep(0.05)
+        assert server.open_connections == 1  # still cached
+        await wait_for(lambda: server.open_connections == 0, timeout=2.0)
+        assert get_transport().pool.open_connections() == 0
+        await post(server.chat_url, CHAT)
+        assert server.connections_made == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_configure_applies_to_the_live_pool_at_once() -> None:
+    async with FakeLLMServer(reply_tokens=3, token_delay=0.02) as server:
+        await post(server.chat_url, CHAT)  # the pool now exists
+        pool = get_transport().pool
+        nous_twisted.configure(pool=PoolSettings(max_connections=2, timeout=100))
+        assert pool.max_connections == 2
+        await gatherResults([post(server.chat_url, CHAT) for _ in range(6)])
+        assert server.max_open_connections == 2
+        # The new, shorter idle timeout applies to connections cached already.
+        await wait_for(lambda: server.open_connections == 0, timeout=2.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_raising_the_limit_releases_waiters() -> None:
+    nous_twisted.configure(pool=PoolSettings(max_connections=1))
+    async with FakeLLMServer() as server:
+        server.inject(Fault(stall_before_headers=True, times=3))
+        calls = [post(server.chat_url, CHAT, timeout=0.5) for _ in range(3)]
+        for c in calls:
+            c.addErrback(lambda f: None)
+        await wait_for(lambda: len(server.requests) == 1)
+        assert get_transport().pool.waiting() == 2
+        nous_twisted.configure(pool=PoolSettings(max_connections=3))
+        await wait_for(lambda: len(server.requests) == 3)
+        assert server.max_open_connections == 3
+        await gatherResults(calls)
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_aborts_everything_and_a_new_pool_follows() -> None:
+    async with FakeLLMServer() as server:
+        server.inject(Fault(stall_after_bytes=5))
+        stuck = post(server.chat_url, CHAT)
+        failures: list[object] = []
+        stuck.addErrback(failures.append)
+        await wait_for(lambda: len(server.requests) == 1)
+        await post(server.chat_url, CHAT)  # a second, idle cached connection
+        assert server.open_connections == 2
+        old = get_transport()
+        await nous_twisted.shutdown()
+        await wait_for(lambda: server.open_connections == 0, timeout=1.0)
+        assert failures, "the in-flight request must fail, not hang"
+        assert get_transport() is not old
+        assert (await post(server.chat_url, CHAT))["object"] == "chat.completion"
+
+
+def test_pool_settings_validation() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        PoolSettings(max_connections=0)
+    with pytest.raises(ValueError, match="timeout"):
+        PoolSettings(timeout=-5)
+    with pytest.raises(TypeError, match="PoolSettings"):
+        nous_twisted.configure(pool={"max_connections": 3})  # type: ignore[arg-type]
+
+
+def test_ca_bundle_validation(tmp_path: object) -> None:
+    import os
+
+    missing = os.path.join(str(tmp_path), "nope.pem")
+    with pytest.raises(ValueError, match="cannot read"):
+        nous_twisted.configure(ca_bundle=missing)
+    empty = os.path.join(str(tmp_path), "empty.pem")
+    with open(empty, "w") as f:
+        f.write("not a certificate")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        nous_twisted.configure(ca_bundle=empty)
