@@ -1,8 +1,10 @@
 """nous_twisted: a Twisted-native HTTP transport for LLM APIs."""
 
-from .api import post
+from .api import post, stream
 from .backends.agent import AgentBackend
+from .backends.agent_stream import AgentStreamBackend
 from .backends.treq import TreqBackend
+from .backends.treq_stream import TreqStreamBackend
 from .errors import (
     BackendConfigError,
     BufferOverflow,
@@ -17,6 +19,7 @@ from .errors import (
     TransportError,
 )
 from .events import StreamDone, StreamError
+from .eventstream import EventStream
 from .interfaces import IHTTPBackend, IStreamBackend
 from .pool import shutdown
 from .settings import PoolSettings, configure
@@ -25,6 +28,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentBackend",
+    "AgentStreamBackend",
+    "EventStream",
     "BackendConfigError",
     "BufferOverflow",
     "ConnectError",
@@ -42,7 +47,9 @@ __all__ = [
     "TLSError",
     "TransportError",
     "TreqBackend",
+    "TreqStreamBackend",
     "configure",
     "post",
     "shutdown",
+    "stream",
 ]

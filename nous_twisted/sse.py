@@ -1,0 +1,187 @@
+"""A Server-Sent Events parser, to the letter of the WHATWG HTML standard.
+
+Pure: bytes in, events out; no I/O, no reactor.  It works on bytes and
+decodes field values one line at a time, which equals decoding the whole
+stream (line ends are ASCII, and no UTF-8 sequence contains CR or LF), with
+invalid bytes becoming U+FFFD.  Each byte is looked at a bounded number of
+times however the stream is split: a partial line is kept as a list of
+pieces, never re-scanned.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .errors import BufferOverflow
+
+DEFAULT_MAX_EVENT_BYTES = 10 * 1024 * 1024
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched event. ``data`` is UTF-8 bytes (decode with
+    ``"replace"``, or hand it to a JSON parser); see :meth:`text`."""
+
+    event: str
+    data: bytes
+    id: str
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+def _str(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+class SSEParser:
+    """Incremental SSE parser.
+
+    ``feed(chunk)`` returns the events completed by ``chunk``.  At the end of
+    the body call :meth:`close`: an event not closed by a blank line is
+    discarded, as the standard says.
+
+    :param max_event_bytes: the largest line or event accepted; a larger one
+        raises :class:`BufferOverflow`.
+    """
+
+    __slots__ = (
+        "max_event_bytes",
+        "last_event_id",
+        "retry",
+        "_pieces",
+        "_pending",
+        "_skip_lf",
+        "_at_start",
+        "_data",
+        "_data_size",
+        "_event",
+        "events_dispatched",
+    )
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.last_event_id = ""
+        self.retry: int | None = None
+        self._pieces: list[bytes] = []  # the partial line, in pieces
+        self._pending = 0  # bytes in _pieces
+        self._skip_lf = False  # the last chunk ended in CR: a leading LF is part of it
+        self._at_start = True  # the BOM may still come
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._event = b""
+        self.events_dispatched = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._at_start:
+            chunk = self._strip_bom(chunk)
+            if not chunk:
+                return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == 10:  # b"\n"
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        if b"\r" in chunk:
+            if chunk[-1] == 13:  # b"\r": its LF may open the next chunk
+                self._skip_lf = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            self._hold(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if self._pieces:
+            self._pieces.append(lines[0])
+            lines[0] = b"".join(self._pieces)
+            self._pieces = []
+            self._pending = 0
+            if len(lines[0]) > self.max_event_bytes:
+                self._overflow(len(lines[0]))
+        out: list[SSEEvent] = []
+        limit = self.max_event_bytes
+        for line in lines:
+            if not line:
+                if self._data:
+                    out.append(self._dispatch())
+                else:
+                    self._event = b""
+                continue
+            if len(line) > limit:
+                self._overflow(len(line))
+            if line[0] == 58:  # b":": a comment
+                continue
+            name, colon, value = line.partition(b":")
+            if colon and value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > limit:
+                    self._overflow(self._data_size)
+            elif name == b"event":
+                self._event = value
+            elif name == b"id":
+                if b"\x00" not in value:
+                    self.last_event_id = _str(value)
+            elif name == b"retry":
+                if value.isdigit() and value.isascii():
+                    self.retry = int(value)
+            # any other field is ignored
+        if tail:
+            self._hold(tail)
+        return out
+
+    def close(self) -> None:
+        """The body ended: drop a partial line and an undispatched event."""
+        self._pieces = []
+        self._pending = 0
+        self._data = []
+        self._data_size = 0
+        self._event = b""
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        have = b"".join(self._pieces) + chunk if self._pieces else chunk
+        if len(have) < 3 and _BOM.startswith(have):
+            # Could still be a BOM: wait for more.  (Only at the very start,
+            # so this holds at most two bytes.)
+            self._pieces = [have]
+            self._pending = len(have)
+            return b""
+        self._at_start = False
+        self._pieces = []
+        self._pending = 0
+        if have.startswith(_BOM):
+            return have[3:]
+        return have
+
+    def _hold(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._pending += len(piece)
+        if self._pending > self.max_event_bytes:
+            self._overflow(self._pending)
+
+    def _dispatch(self) -> SSEEvent:
+        data = self._data
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        event = _str(self._event) if self._event else "message"
+        self._data = []
+        self._data_size = 0
+        self._event = b""
+        self.events_dispatched += 1
+        return SSEEvent(event, payload, self.last_event_id)
+
+    def _overflow(self, size: int) -> None:
+        self._pieces = []
+        self._pending = 0
+        self._data = []
+        self._data_size = 0
+        raise BufferOverflow(
+            f"an SSE line or event of at least {size} bytes is over the limit of "
+            f"{self.max_event_bytes} bytes"
+        )
