@@ -59,7 +59,9 @@ def _provider_error(obj: Any) -> ProviderError:
 
 class Decoder(Protocol):
     terminal: StreamDone | StreamError | None
-    events_seen: int
+
+    @property
+    def events_seen(self) -> int: ...
 
     def feed(self, chunk: bytes) -> list[Any]: ...
 

@@ -191,6 +191,7 @@ class EventStream:
         assert self._error_body is not None and self.status is not None and self.headers is not None
         err = status_error(self.status, self.headers, b"".join(self._error_body), self.url)
         self._finish(StreamError(err), abort=self._error_size > MAX_ERROR_BODY)
+        self._pump()
 
     def _body_end(self, clean: bool, why: str = "") -> None:
         """The body ended: ``clean`` for a complete body (or one delimited by

@@ -6,6 +6,10 @@ OpenAI chat-completions API (``POST /v1/chat/completions``, with
 ``reply_tokens`` tokens, ``token_delay`` seconds apart, and can be told to
 fail in the ways real providers and networks do: see :class:`Fault`.
 
+It also serves Anthropic-style (``POST /v1/messages``), Ollama-style
+(``POST /api/chat``, NDJSON) and Gemini-style (``:streamGenerateContent``, a
+JSON array, or SSE with ``?alt=sse``) replies.
+
 It counts connections (``connections_made``, ``open_connections``,
 ``max_open_connections``) so tests can check pooling and limits on the real
 socket.
@@ -62,6 +66,15 @@ class Fault:
         drop the connection (the chunked body is never terminated).
     :ivar times: how many requests it applies to (None: all of them).
     :ivar raw_body: for 2xx answers, send these bytes as the body instead.
+    :ivar error_after_events: streams: after this many events, send the
+        provider's in-stream error (Anthropic ``event: error`` overloaded,
+        an OpenAI/Ollama/Gemini ``{"error": ...}`` object) and end the body.
+    :ivar stall_after_events: streams: after this many events, go silent
+        (the connection stays open).
+    :ivar keepalive: with ``stall_after_events``: send a keep-alive (an SSE
+        comment ``: ping``, a blank NDJSON line) every this many seconds.
+    :ivar invalid_json_at: streams: insert one event whose data is not JSON
+        at this index.
     """
 
     status: int | None = None
@@ -73,6 +86,10 @@ class Fault:
     drop_after_bytes: int | None = None
     times: int | None = 1
     raw_body: bytes | None = None
+    error_after_events: int | None = None
+    stall_after_events: int | None = None
+    keepalive: float | None = None
+    invalid_json_at: int | None = None
 
 
 class _CountingProtocol(ProtocolWrapper):
@@ -154,7 +171,7 @@ class _Reply:
             self.request.finish()
 
     def paced(self, pieces: Iterator[bytes], delay: float, then: Callable[[], None] | None = None) -> None:
-        """Write ``pieces`` ``delay`` seconds apart, then finish."""
+        """Write ``pieces`` ``delay`` seconds apart, then finish (or call ``then`` instead)."""
 
         def step() -> None:
             self.call = None
@@ -164,7 +181,8 @@ class _Reply:
             if piece is None:
                 if then is not None:
                     then()
-                self.finish()
+                else:
+                    self.finish()
                 return
             if not self.write(piece):
                 return
@@ -179,6 +197,22 @@ class _Reply:
             self.call = self.fake.reactor.callLater(0, step)
 
         step()
+
+    def stall(self, keepalive: bytes, interval: float | None) -> None:
+        """Go silent, but for a keep-alive every ``interval`` seconds."""
+        if interval is None:
+            return
+
+        def ping() -> None:
+            self.call = None
+            if self.write(keepalive):
+                self.call = self.fake.reactor.callLater(interval, ping)
+
+        self.call = self.fake.reactor.callLater(interval, ping)
+
+    def finish_with_error(self, body: bytes) -> None:
+        self.write(body)
+        self.finish()
 
 
 class _Endpoint(resource.Resource):
@@ -292,7 +326,24 @@ class FakeLLMServer:
 
     @property
     def chat_url(self) -> str:
+        """OpenAI chat completions."""
         return self.url + "/v1/chat/completions"
+
+    @property
+    def anthropic_url(self) -> str:
+        """Anthropic messages (``"stream": true`` for SSE)."""
+        return self.url + "/v1/messages"
+
+    @property
+    def ollama_url(self) -> str:
+        """Ollama chat (NDJSON unless ``"stream": false``)."""
+        return self.url + "/api/chat"
+
+    def gemini_url(self, model: str = "gemini-fake", *, stream: bool = True, sse: bool = False) -> str:
+        """Gemini ``streamGenerateContent`` (a JSON array, or SSE with ``sse=True``)
+        or, with ``stream=False``, ``generateContent``."""
+        method = "streamGenerateContent" if stream else "generateContent"
+        return f"{self.url}/v1beta/models/{model}:{method}" + ("?alt=sse" if sse and stream else "")
 
     # -- faults -----------------------------------------------------------
 
@@ -366,6 +417,12 @@ class FakeLLMServer:
     def _route(self, path: str) -> Callable[[Request, dict[str, Any], _Reply], None] | None:
         if path == "/v1/chat/completions":
             return self._chat_completions
+        if path == "/v1/messages":
+            return self._anthropic_messages
+        if path == "/api/chat":
+            return self._ollama_chat
+        if path.startswith("/v1beta/models/") and ":" in path:
+            return self._gemini
         return None
 
     def _error(self, request: Request, status: int, body: Any) -> bytes:
@@ -386,34 +443,114 @@ class FakeLLMServer:
         cid = f"chatcmpl-fake-{next(self._ids)}"
         created = int(time.time())
         request.setHeader(b"x-request-id", f"req_{cid}".encode())
-        if body.get("stream"):
-            request.setHeader(b"content-type", b"text/event-stream")
-            request.setHeader(b"cache-control", b"no-cache")
-
-            def events() -> Iterator[bytes]:
-                for i, tok in enumerate(tokens):
-                    delta: dict[str, Any] = {"content": tok}
-                    if i == 0:
-                        delta["role"] = "assistant"
-                    yield b"data: " + orjson.dumps({
-                        "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-                    }) + b"\n\n"
-                yield b"data: " + orjson.dumps({
-                    "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                }) + b"\n\n"
-                yield b"data: [DONE]\n\n"
-
-            self._send_stream(request, reply, events())
-        else:
-            request.setHeader(b"content-type", b"application/json")
-            payload = orjson.dumps({
+        if not body.get("stream"):
+            self._send_whole(request, reply, orjson.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                             "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 8, "completion_tokens": len(tokens), "total_tokens": 8 + len(tokens)},
-            })
-            self._send_whole(request, reply, payload, self.token_delay * len(tokens))
+            }), self.token_delay * len(tokens))
+            return
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            return b"data: " + orjson.dumps({
+                "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": t} if i == 0 else {"content": t}, None)
+                  for i, t in enumerate(tokens)]
+        events.append(chunk({}, "stop"))
+        self._send_stream(request, reply, "sse", events, [b"data: [DONE]\n\n"],
+                          b'data: {"error": {"message": "The server had an error while processing your request.", '
+                          b'"type": "server_error", "code": null}}\n\n')
+
+    # -- Anthropic messages -------------------------------------------------
+
+    def _anthropic_messages(self, request: Request, body: dict[str, Any], reply: _Reply) -> None:
+        model = str(body.get("model", "claude-fake"))
+        tokens = self._tokens(body)
+        mid = f"msg_fake_{next(self._ids)}"
+        request.setHeader(b"request-id", f"req_{mid}".encode())
+        if not body.get("stream"):
+            self._send_whole(request, reply, orjson.dumps({
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": "".join(tokens)}],
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 8, "output_tokens": len(tokens)},
+            }), self.token_delay * len(tokens))
+            return
+
+        def ev(name: str, data: dict[str, Any]) -> bytes:
+            return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+        events = [
+            ev("message_start", {"type": "message_start", "message": {
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 8, "output_tokens": 1}}}),
+            ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+            ev("ping", {"type": "ping"}),
+        ]
+        events += [ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": t}}) for t in tokens]
+        events += [
+            ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": len(tokens)}}),
+        ]
+        self._send_stream(request, reply, "sse", events, [ev("message_stop", {"type": "message_stop"})],
+                          ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+
+    # -- Ollama chat ----------------------------------------------------------
+
+    def _ollama_chat(self, request: Request, body: dict[str, Any], reply: _Reply) -> None:
+        model = str(body.get("model", "llama-fake"))
+        tokens = self._tokens(body)
+        stamp = "2026-01-01T00:00:00.000000Z"
+        final = {"model": model, "created_at": stamp, "message": {"role": "assistant", "content": ""},
+                 "done": True, "done_reason": "stop", "total_duration": 1000, "eval_count": len(tokens)}
+        if body.get("stream") is False:  # Ollama streams unless told not to
+            whole = dict(final, message={"role": "assistant", "content": "".join(tokens)})
+            self._send_whole(request, reply, orjson.dumps(whole), self.token_delay * len(tokens))
+            return
+        events = [orjson.dumps({"model": model, "created_at": stamp,
+                                "message": {"role": "assistant", "content": t}, "done": False}) + b"\n"
+                  for t in tokens]
+        self._send_stream(request, reply, "ndjson", events, [orjson.dumps(final) + b"\n"],
+                          b'{"error": "model is overloaded, please try again"}\n')
+
+    # -- Gemini -------------------------------------------------------------------
+
+    def _gemini(self, request: Request, body: dict[str, Any], reply: _Reply) -> None:
+        path = request.path.decode("latin-1")
+        model, _, method = path[len("/v1beta/models/"):].partition(":")
+        config = body.get("generationConfig")
+        tokens = self._tokens({"max_tokens": config.get("maxOutputTokens")} if isinstance(config, dict) else {})
+
+        def element(text: str, finish: bool) -> dict[str, Any]:
+            cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if finish:
+                cand["finishReason"] = "STOP"
+            return {"candidates": [cand], "modelVersion": model,
+                    "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": len(tokens)}}
+
+        error = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                           "status": "UNAVAILABLE"}}
+        if method == "generateContent":
+            self._send_whole(request, reply, orjson.dumps(element("".join(tokens), True)),
+                             self.token_delay * len(tokens))
+            return
+        if method != "streamGenerateContent":
+            reply.finish_with_error(self._error(request, 404, {"error": {"code": 404, "message": f"no method {method}"}}))
+            return
+        elements = [element(t, i == len(tokens) - 1) for i, t in enumerate(tokens)]
+        if request.args.get(b"alt") == [b"sse"]:
+            events = [b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in elements]
+            self._send_stream(request, reply, "sse", events, [], b"data: " + orjson.dumps(error) + b"\r\n\r\n")
+        else:
+            events = [(b"[" if i == 0 else b",\r\n") + orjson.dumps(e) for i, e in enumerate(elements)]
+            self._send_stream(request, reply, "json-array", events, [b"]"], b",\r\n" + orjson.dumps(error) + b"]")
 
     # -- sending --------------------------------------------------------------
 
@@ -442,9 +579,36 @@ class FakeLLMServer:
         else:
             go()
 
-    def _send_stream(self, request: Request, reply: _Reply, events: Iterator[bytes]) -> None:
+    _CONTENT_TYPES = {"sse": b"text/event-stream", "ndjson": b"application/x-ndjson",
+                      "json-array": b"application/json"}
+    _KEEPALIVE = {"sse": b": ping\n\n", "ndjson": b"\n", "json-array": b"\n"}
+    _INVALID = {"sse": b"data: {this is not json\n\n", "ndjson": b"{this is not json\n",
+                "json-array": b",\r\n{this is not json}"}
+
+    def _send_stream(
+        self, request: Request, reply: _Reply, fmt: str, events: list[bytes], end: list[bytes], error: bytes
+    ) -> None:
+        """Send ``events`` then ``end``, applying the stream-level faults."""
+        request.setHeader(b"content-type", self._CONTENT_TYPES[fmt])
+        request.setHeader(b"cache-control", b"no-cache")
         f = reply.fault
-        if f is not None and f.raw_body is not None:
-            events = iter([f.raw_body])
+        pieces: list[bytes] = events + end
+        then: Callable[[], None] | None = None
+        if f is not None:
+            if f.raw_body is not None:
+                pieces = [f.raw_body]
+            if f.invalid_json_at is not None:
+                invalid = self._INVALID[fmt]
+                if fmt == "json-array" and f.invalid_json_at == 0:
+                    invalid = b"[{this is not json}"
+                    pieces[0] = b",\r\n" + pieces[0][1:]
+                pieces.insert(f.invalid_json_at, invalid)
+            if f.error_after_events is not None:
+                pieces = pieces[: f.error_after_events] + [error]
+                if fmt == "json-array" and f.error_after_events == 0:
+                    pieces = [b"[" + error[3:]]
+            if f.stall_after_events is not None:
+                pieces = pieces[: f.stall_after_events]
+                then = lambda: reply.stall(self._KEEPALIVE[fmt], f.keepalive)  # noqa: E731
         request.write(b"")  # send the headers now, as streaming APIs do
-        reply.paced(events, self.token_delay)
+        reply.paced(iter(pieces), self.token_delay, then)
