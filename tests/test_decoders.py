@@ -1,0 +1,232 @@
+"""The stream decoders and the LLM conventions: pure, no reactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nous_twisted.decoders import JSONArrayDecoder, NDJSONDecoder, SSEDecoder, format_for
+from nous_twisted.errors import BufferOverflow, DecodeError, ProviderError, StreamTruncated
+from nous_twisted.events import StreamDone, StreamError
+
+
+def run(decoder: Any, data: bytes, cuts: list[int] | None = None) -> list[Any]:
+    """Every event the decoder gives, the terminal one last."""
+    out: list[Any] = []
+    pos = 0
+    for size in cuts or []:
+        out += decoder.feed(data[pos : pos + size])
+        pos += size
+    out += decoder.feed(data[pos:])
+    if decoder.terminal is None:
+        out += decoder.finish()
+    out.append(decoder.terminal)
+    return out
+
+
+# -- SSE conventions -------------------------------------------------------------------
+
+
+def test_openai_done() -> None:
+    body = b'data: {"a":1}\n\ndata: {"a":2}\n\ndata: [DONE]\n\ndata: {"late":1}\n\n'
+    assert run(SSEDecoder(), body) == [{"a": 1}, {"a": 2}, StreamDone("stop")]
+
+
+def test_openai_error_object_is_provider_error() -> None:
+    body = b'data: {"a":1}\n\ndata: {"error": {"message": "boom", "type": "server_error"}}\n\ndata: {"a":2}\n\n'
+    events = run(SSEDecoder(), body)
+    assert events[0] == {"a": 1}
+    assert isinstance(events[1], StreamError) and isinstance(events[1].error, ProviderError)
+    assert events[1].error.error_type == "server_error"
+    assert len(events) == 2
+
+
+def test_error_null_is_not_an_error() -> None:
+    assert run(SSEDecoder(), b'data: {"a":1,"error":null}\n\n') == [{"a": 1, "error": None}, StreamDone("eof")]
+
+
+def test_anthropic_sequence_with_ping_and_overloaded_error() -> None:
+    def ev(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
+
+    body = (
+        ev("message_start", {"type": "message_start", "message": {"id": "m"}})
+        + ev("ping", {"type": "ping"})
+        + ev("content_block_delta", {"type": "content_block_delta", "delta": {"text": "Hi"}})
+        + ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    )
+    events = run(SSEDecoder(), body)
+    assert [e["type"] for e in events[:3]] == ["message_start", "ping", "content_block_delta"]
+    err = events[3].error
+    assert isinstance(err, ProviderError) and err.error_type == "overloaded_error"
+    assert err.payload["error"]["message"] == "Overloaded"
+    assert "overloaded_error" in str(err)
+
+
+def test_anthropic_message_stop_ends() -> None:
+    body = b'event: message_delta\ndata: {"type":"message_delta"}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    assert run(SSEDecoder(), body) == [{"type": "message_delta"}, {"type": "message_stop"}, StreamDone("stop")]
+
+
+def test_invalid_json_is_skipped_and_the_stream_goes_on() -> None:
+    body = b'data: {"a":1}\n\ndata: {nope\n\ndata: {"a":2}\n\n'
+    assert run(SSEDecoder(), body) == [{"a": 1}, {"a": 2}, StreamDone("eof")]
+
+
+def test_invalid_utf8_in_json_string_is_replaced() -> None:
+    assert run(SSEDecoder(), b'data: {"t":"a\xffb"}\n\n') == [{"t": "a\ufffdb"}, StreamDone("eof")]
+
+
+def test_sse_oversized_event_is_terminal_overflow() -> None:
+    events = run(SSEDecoder(max_event_bytes=100), b"data: " + b"x" * 500 + b"\n\n")
+    assert isinstance(events[-1], StreamError) and isinstance(events[-1].error, BufferOverflow)
+
+
+def test_sse_eof_without_end_signal() -> None:
+    assert run(SSEDecoder(), b'data: {"a":1}\n\ndata: {"b":') == [{"a": 1}, StreamDone("eof")]
+
+
+# -- NDJSON ----------------------------------------------------------------------------
+
+
+def test_ollama_done_true() -> None:
+    body = b'{"m":"a","done":false}\n\n{"m":"b","done":false}\r\n{"m":"","done":true}\n{"late":1}\n'
+    assert run(NDJSONDecoder(), body) == [
+        {"m": "a", "done": False}, {"m": "b", "done": False}, {"m": "", "done": True}, StreamDone("stop")
+    ]
+
+
+def test_ndjson_splits_on_newline_only() -> None:
+    body = '{"t":"a\u2028b\u0085c"}\n'.encode()
+    assert run(NDJSONDecoder(), body) == [{"t": "a\u2028b\u0085c"}, StreamDone("eof")]
+
+
+def test_ndjson_error_line() -> None:
+    events = run(NDJSONDecoder(), b'{"m":"a"}\n{"error":"model is overloaded"}\n')
+    assert events[0] == {"m": "a"}
+    assert isinstance(events[1].error, ProviderError) and "overloaded" in str(events[1].error)
+
+
+def test_ndjson_invalid_line_skipped_and_last_line_without_newline() -> None:
+    assert run(NDJSONDecoder(), b'{"a":1}\nnot json\n{"a":2}') == [{"a": 1}, {"a": 2}, StreamDone("eof")]
+
+
+def test_ndjson_overflow() -> None:
+    events = run(NDJSONDecoder(max_event_bytes=50), b'{"a":"' + b"x" * 100 + b'"}\n')
+    assert isinstance(events[-1].error, BufferOverflow)
+
+
+# -- JSON array --------------------------------------------------------------------------
+
+
+def test_gemini_array_elements_as_they_complete() -> None:
+    d = JSONArrayDecoder()
+    assert d.feed(b'[{"text": "a]}\\"[{"}') == [{"text": 'a]}"[{'}]
+    assert d.feed(b',\r\n{"b": [1, {"c": "}"}]}') == [{"b": [1, {"c": "}"}]}]
+    assert d.feed(b"\n]") == []
+    assert d.finish() == [] and d.terminal == StreamDone("eof")
+
+
+def test_array_scalars_and_strings() -> None:
+    assert run(JSONArrayDecoder(), b'[1, "x,]", true, null, -2.5e3]') == [1, "x,]", True, None, -2500.0, StreamDone("eof")]
+
+
+def test_array_error_element() -> None:
+    events = run(JSONArrayDecoder(), b'[{"a":1},{"error":{"code":503,"status":"UNAVAILABLE","message":"busy"}}]')
+    assert events[0] == {"a": 1}
+    assert isinstance(events[1].error, ProviderError) and events[1].error.error_type == "UNAVAILABLE"
+
+
+def test_array_unclosed_is_truncated() -> None:
+    events = run(JSONArrayDecoder(), b'[{"a":1},{"b":')
+    assert events[0] == {"a": 1}
+    assert isinstance(events[1].error, StreamTruncated)
+
+
+def test_array_not_an_array() -> None:
+    assert isinstance(run(JSONArrayDecoder(), b"hello")[-1].error, DecodeError)
+    assert run(JSONArrayDecoder(), b'{"a": 1}') == [{"a": 1}, StreamDone("eof")]
+    assert run(JSONArrayDecoder(), b"[]") == [StreamDone("eof")]
+
+
+def test_array_overflow() -> None:
+    events = run(JSONArrayDecoder(max_event_bytes=50), b'[{"a":"' + b"x" * 100 + b'"}]')
+    assert isinstance(events[-1].error, BufferOverflow)
+
+
+def test_format_for_content_type() -> None:
+    assert format_for("text/event-stream; charset=utf-8") == "sse"
+    assert format_for("application/x-ndjson") == "ndjson"
+    assert format_for("application/json; charset=UTF-8") == "json-array"
+    assert format_for("text/plain") == "sse"
+    assert format_for(None) == "sse"
+
+
+# -- any split, every decoder ------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(alphabet='ab"\\]}[{,\n\r\u2028\u00e9 ', max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(alphabet="ab\"]", max_size=3), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _sse_body(values: list[Any], end: bool) -> bytes:
+    body = b"".join(b"data: " + orjson.dumps(v) + b"\n\n" for v in values)
+    return body + (b"data: [DONE]\n\n" if end else b"")
+
+
+def _ndjson_body(values: list[Any], end: bool) -> bytes:
+    body = b"".join(orjson.dumps(v) + b"\n" for v in values)
+    return body + (b'{"done":true}\n' if end else b"")
+
+
+def _array_body(values: list[Any], end: bool) -> bytes:
+    return b"[" + b",\n ".join(orjson.dumps(v) for v in values) + b"]"
+
+
+_split_cases = dict(values=st.lists(_json, max_size=8), end=st.booleans(), cuts=st.lists(st.integers(1, 9), max_size=40))
+
+
+# (separate tests rather than parametrize: pytest-twisted and a parametrized
+# @given do not mix)
+@settings(max_examples=150)
+@given(**_split_cases)
+def test_sse_decoder_any_split(values: list[Any], end: bool, cuts: list[int]) -> None:
+    check_any_split(SSEDecoder, _sse_body, values, end, cuts)
+
+
+@settings(max_examples=150)
+@given(**_split_cases)
+def test_ndjson_decoder_any_split(values: list[Any], end: bool, cuts: list[int]) -> None:
+    check_any_split(NDJSONDecoder, _ndjson_body, values, end, cuts)
+
+
+@settings(max_examples=150)
+@given(**_split_cases)
+def test_json_array_decoder_any_split(values: list[Any], end: bool, cuts: list[int]) -> None:
+    check_any_split(JSONArrayDecoder, _array_body, values, end, cuts)
+
+
+def check_any_split(decoder: Any, build: Any, values: list[Any], end: bool, cuts: list[int]) -> None:
+    values = [v for v in values if not (isinstance(v, dict) and v.get("error") is not None)]
+    body = build(values, end)
+    whole = run(decoder(), body)
+    assert run(decoder(), body, cuts) == whole
+    assert run(decoder(), body, [1] * len(body)) == whole
+    data = [e for e in whole if not isinstance(e, (StreamDone, StreamError))]
+    expected: list[Any] = []
+    for v in values:
+        expected.append(v)
+        if decoder is NDJSONDecoder and isinstance(v, dict) and v.get("done") is True:
+            break  # "done": true ends NDJSON early
+    else:
+        if decoder is NDJSONDecoder and end:
+            expected.append({"done": True})  # the end signal is itself delivered
+    assert data == expected
+    if decoder is not JSONArrayDecoder and end and len(expected) == len(values):
+        assert whole[-1] == StreamDone("stop")
