@@ -111,3 +111,42 @@ class LogCapture:
         from twisted.logger import formatEvent
 
         return "\n".join(formatEvent(e) + " " + repr(e) for e in self.events)
+
+
+class ScriptedSite:
+    """A twisted.web server that answers every POST with ``body`` written in
+    HTTP chunks of ``?size=N`` bytes (each one a separate chunk on the wire),
+    with the Content-Type ``content_type``."""
+
+    def __init__(self, body: bytes, content_type: bytes = b"text/event-stream") -> None:
+        from twisted.web import resource, server
+
+        outer = self
+
+        class _Leaf(resource.Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                size = int(request.args.get(b"size", [b"0"])[0]) or len(outer.body) or 1
+                request.setHeader(b"content-type", outer.content_type)
+                for i in range(0, len(outer.body), size):
+                    request.write(outer.body[i : i + size])
+                request.finish()
+                return server.NOT_DONE_YET
+
+        self.body = body
+        self.content_type = content_type
+        site = server.Site(_Leaf())
+        site.log = lambda request: None  # type: ignore[method-assign]
+        self.site = site
+        self.port: Any = None
+
+    def listen(self) -> ScriptedSite:
+        self.port = get_reactor().listenTCP(0, self.site, interface="127.0.0.1")
+        return self
+
+    def url(self, size: int = 0) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/stream?size={size}"
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
