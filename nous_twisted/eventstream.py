@@ -116,8 +116,10 @@ class EventStream:
         self._idle_used = 0.0
         self._count_since: float | None = None
         self._registry: set[Any] | None = None
-        #: the largest number of events ever queued (for tests and tuning)
+        #: the largest number of events ever queued, and the body bytes taken
+        #: off the socket so far (for tests and tuning)
         self.max_buffered = 0
+        self.bytes_received = 0
 
     def __repr__(self) -> str:
         state = "done" if self._terminal is not None else "open"
@@ -151,6 +153,7 @@ class EventStream:
         self._decoder = make_decoder(fmt, self._max_event_bytes)
 
     def _data(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         if self._terminal is not None:
             return  # draining after the end signal
         decoder = self._decoder
@@ -482,6 +485,9 @@ class EventStream:
         if self._terminal is None:
             buffered = len(self._queue)
             self._queue.clear()
+            # The error is delivered even though the consumer paused: waiting
+            # for a resume that may never come would hang it.
+            self._consumer_paused = False
             self._finish(
                 StreamError(BufferOverflow(
                     f"the consumer held the stream from {self.url} paused for over {self._max_pause:g} s "

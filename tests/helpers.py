@@ -150,3 +150,83 @@ class ScriptedSite:
 
     async def stop(self) -> None:
         await self.port.stopListening()
+
+
+class FloodServer:
+    """Answers every request with an endless-looking SSE body of identical
+    ``event_size``-byte events, written as fast as TCP lets it: a streaming
+    producer, so its writes block (it is paused) when the client stops reading."""
+
+    def __init__(self, event_size: int = 1024, total: int = 50 * 1024 * 1024) -> None:
+        payload = b'data: {"pad": "' + b"x" * (event_size - len(b'data: {"pad": ""}\n\n')) + b'"}\n\n'
+        assert len(payload) == event_size
+        self.event = payload
+        per_chunk = max(1, 16384 // event_size)
+        block = payload * per_chunk
+        self.chunk = b"%x\r\n" % len(block) + block + b"\r\n"
+        self.block_len = len(block)
+        self.total = total
+        self.sent = 0  # body bytes handed to the transport
+        self.pauses = 0
+        self.connections: list[Any] = []
+        self.port: Any = None
+
+    def listen(self) -> FloodServer:
+        server = self
+
+        class _Flood(Protocol):
+            paused = False
+            started = False
+            closed = False
+
+            def connectionMade(self) -> None:
+                server.connections.append(self)
+                self.buffer = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.buffer += data
+                if self.started or b"\r\n\r\n" not in self.buffer:
+                    return
+                self.started = True
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+                self.resumeProducing()
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+                server.pauses += 1
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                while not self.paused and not self.closed and server.sent < server.total:
+                    server.sent += server.block_len
+                    self.transport.write(server.chunk)  # type: ignore[union-attr]
+                if server.sent >= server.total and not self.closed:
+                    self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+
+            def stopProducing(self) -> None:
+                self.closed = True
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.closed = True
+
+        factory = Factory.forProtocol(_Flood)
+        factory.noisy = False
+        self.port = get_reactor().listenTCP(0, factory, interface="127.0.0.1")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/flood"
+
+    @property
+    def open(self) -> int:
+        return sum(1 for c in self.connections if not c.closed)
+
+    async def stop(self) -> None:
+        for c in self.connections:
+            if c.transport is not None and not c.closed:
+                c.transport.abortConnection()
+        await self.port.stopListening()
