@@ -27,6 +27,34 @@ def _demo_parser(sub: Any) -> None:
                    help="the Twisted reactor to run under (default: %(default)s)")
 
 
+async def _stream_once(reactor: Any, url: str, body: dict[str, Any], headers: dict[str, str], backend: str) -> tuple[str, float | None, float, int]:
+    """Stream one reply, printing tokens as they arrive; (status, ttft, total, tokens)."""
+    from . import StreamDone, StreamError, stream
+
+    start = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    status = "?"
+    sys.stdout.write(f"[{backend}] ")
+    async for event in stream(url, dict(body, stream=True), headers, stream_backend=backend, reactor=reactor):
+        if isinstance(event, StreamDone):
+            status = f"done ({event.reason})"
+        elif isinstance(event, StreamError):
+            status = f"error: {type(event.error).__name__}"
+            sys.stdout.write(f"\n[{backend}] {event.error}")
+        else:
+            choices = event.get("choices") or [{}]
+            piece = (choices[0].get("delta") or {}).get("content")
+            if piece:
+                if first is None:
+                    first = time.perf_counter() - start
+                tokens += 1
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    sys.stdout.write("\n\n")
+    return status, first, time.perf_counter() - start, tokens
+
+
 async def _demo(reactor: Any, args: argparse.Namespace) -> int:
     from . import NousHTTPError, post, shutdown
     from .testing import FakeLLMServer
@@ -45,7 +73,8 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
         fake = await FakeLLMServer(reply_tokens=16, token_delay=0.005).start()
         url = fake.chat_url
         where = f"the embedded fake LLM server at {fake.url}"
-    print(f"nous-twisted demo: POST {args.model} via {where}\n")
+    print(f"nous-twisted demo: {args.model} via {where}\n")
+    print("post: one reply per backend\n")
     body = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}], "stream": False}
     rows = []
     failed = False
@@ -63,13 +92,24 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
             text = reply["choices"][0]["message"]["content"]
             print(f"[{backend}] {text}\n")
             rows.append((backend, "200 OK", elapsed))
+        print("stream: tokens as they arrive\n")
+        streamed = []
+        for backend in ("treq", "agent"):
+            status, first, total, tokens = await _stream_once(reactor, url, body, headers, backend)
+            failed = failed or not status.startswith("done")
+            streamed.append((backend, status, first, total, tokens))
     finally:
         if fake is not None:
             await fake.stop()
         await shutdown(reactor)
-    print(f"{'backend':<8} {'status':<28} {'latency':>10}")
+    print(f"{'post':<8} {'status':<28} {'latency':>10}")
     for backend, status, elapsed in rows:
         print(f"{backend:<8} {status:<28} {elapsed * 1000:>8.1f} ms")
+    print(f"\n{'stream':<8} {'status':<28} {'first token':>12} {'tokens/s':>10}")
+    for backend, status, first, total, tokens in streamed:
+        ttft = f"{first * 1000:.1f} ms" if first is not None else "-"
+        rate = f"{tokens / total:.1f}" if total > 0 and tokens else "-"
+        print(f"{backend:<8} {status:<28} {ttft:>12} {rate:>10}")
     return 1 if failed else 0
 
 
