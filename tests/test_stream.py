@@ -409,3 +409,37 @@ async def test_tls_stream(ca: Any, ca_file: str) -> None:
 
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_with_cancels_on_exit(fake: FakeLLMServer) -> None:
+    async with FakeLLMServer(reply_tokens=500, token_delay=0.005) as slow:
+        async with stream(slow.chat_url, CHAT) as s:
+            async for event in s:
+                break
+        assert s.done
+        assert [e async for e in s] == [StreamDone("cancelled")]
+        await wait_for(lambda: slow.open_connections == 0, timeout=1.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_for_from_an_asyncio_task(fake: FakeLLMServer) -> None:
+    """Scrapy 2.13+ runs coroutines as asyncio tasks under the asyncio reactor."""
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    if not isinstance(get_reactor(), asyncioreactor.AsyncioSelectorReactor):
+        pytest.skip("needs --reactor=asyncio")
+
+    async def in_task() -> list[Any]:
+        assert asyncio.current_task() is not None
+        events = []
+        async for event in stream(fake.chat_url, CHAT, stream_backend="agent"):
+            events.append(event)
+            await asyncio.sleep(0)  # a real asyncio await between events
+        return events
+
+    events = await Deferred.fromFuture(asyncio.ensure_future(in_task()))
+    assert events[-1] == StreamDone("stop")
+    assert text_of(events) == "".join(reply_tokens(fake.reply_tokens))
