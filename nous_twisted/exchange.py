@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -31,7 +31,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
-from .pool import CONNECT_TICKET, ConnectTicket, abort_transport
+from .pool import abort_transport, send_with_ticket
 from .request import HTTPRequest
 from .response import RawResponse
 
@@ -182,19 +182,9 @@ class PostExchange:
         self._cancelled = False
 
     def start(self, send: Callable[[], Deferred[Any]]) -> Deferred[RawResponse]:
-        url = self.request.display_url
-        try:
-            if self.shared_pool:
-                token = CONNECT_TICKET.set(ConnectTicket(self.connect_timeout, self._connected, url))
-                try:
-                    d = send()
-                finally:
-                    CONNECT_TICKET.reset(token)
-            else:
-                self._connected()
-                d = send()
-        except Exception:
-            d = fail()
+        d = send_with_ticket(
+            send, self.connect_timeout, self._connected, self.request.display_url, self.shared_pool
+        )
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return self.result

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -76,6 +76,30 @@ class ConnectTicket:
 CONNECT_TICKET: contextvars.ContextVar[ConnectTicket | None] = contextvars.ContextVar(
     "nous_twisted_connect_ticket", default=None
 )
+
+
+def send_with_ticket(
+    send: Callable[[], Deferred[Any]],
+    connect_timeout: float,
+    on_connected: Callable[[], None],
+    url: str,
+    shared_pool: bool,
+) -> Deferred[Any]:
+    """Call ``send()`` (which reaches the pool's getConnection synchronously)
+    with the connect limit handed over; with a caller's own agent the pool is
+    not ours, so the connect phase is taken as over at once.  A synchronous
+    exception becomes a failed Deferred."""
+    try:
+        if not shared_pool:
+            on_connected()
+            return send()
+        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url))
+        try:
+            return send()
+        finally:
+            CONNECT_TICKET.reset(token)
+    except Exception:
+        return fail()
 
 
 class _Slot:

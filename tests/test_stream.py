@@ -415,7 +415,7 @@ async def test_tls_stream(ca: Any, ca_file: str) -> None:
 async def test_async_with_cancels_on_exit(fake: FakeLLMServer) -> None:
     async with FakeLLMServer(reply_tokens=500, token_delay=0.005) as slow:
         async with stream(slow.chat_url, CHAT) as s:
-            async for event in s:
+            async for _event in s:
                 break
         assert s.done
         assert [e async for e in s] == [StreamDone("cancelled")]

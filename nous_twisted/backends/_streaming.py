@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -21,7 +21,7 @@ from twisted.web.iweb import IResponse
 from ..errors import NousHTTPError, TransportError
 from ..eventstream import EventStream
 from ..exchange import _describe, _reasons, classify
-from ..pool import CONNECT_TICKET, ConnectTicket, abort_transport, get_transport
+from ..pool import abort_transport, get_transport, send_with_ticket
 from ..request import HTTPRequest
 
 # After the end signal, how long the rest of the body may take to arrive
@@ -79,19 +79,9 @@ class StreamExchange:
     def start(self, send: Callable[[], Deferred[Any]]) -> EventStream:
         stream = self.stream
         stream._attach(self, get_transport(self.reactor).active)
-        try:
-            if self.shared_pool:
-                ticket = ConnectTicket(self.connect_timeout, stream._connected, self.request.display_url)
-                token = CONNECT_TICKET.set(ticket)
-                try:
-                    d = send()
-                finally:
-                    CONNECT_TICKET.reset(token)
-            else:
-                stream._connected()
-                d = send()
-        except Exception:
-            d = fail()
+        d = send_with_ticket(
+            send, self.connect_timeout, stream._connected, self.request.display_url, self.shared_pool
+        )
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return stream

@@ -15,6 +15,11 @@ from ..request import HTTPRequest
 from ..response import RawResponse
 
 
+def agent_send(agent: IAgent, request: HTTPRequest) -> Deferred[Any]:
+    """POST through an Agent, the body written in one go."""
+    return agent.request(b"POST", request.url_bytes, request.twisted_headers(), BytesProducer(request.body))
+
+
 @implementer(IHTTPBackend)
 class AgentBackend:
     """The shortest path Twisted offers: ``Agent.request`` on the shared pool."""
@@ -34,11 +39,7 @@ class AgentBackend:
         shared = agent is None
         use: IAgent = get_transport(reactor).agent if agent is None else agent
         exchange = PostExchange(reactor, request, timeout, connect_timeout, shared)
-        return exchange.start(
-            lambda: use.request(
-                b"POST", request.url_bytes, request.twisted_headers(), BytesProducer(request.body)
-            )
-        )
+        return exchange.start(lambda: agent_send(use, request))
 
     def __repr__(self) -> str:
         return "AgentBackend()"

@@ -8,12 +8,12 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from ..eventstream import EventStream
-from ..exchange import BytesProducer
 from ..interfaces import IStreamBackend
 from ..pool import default_reactor, get_transport
 from ..request import HTTPRequest
 from ..sse import DEFAULT_MAX_EVENT_BYTES
 from ._streaming import StreamExchange
+from .agent import agent_send
 
 
 @implementer(IStreamBackend)
@@ -46,11 +46,7 @@ class AgentStreamBackend:
             reactor, request.display_url, timeout, format, strict=True, max_event_bytes=self.max_event_bytes
         )
         exchange = StreamExchange(events, reactor, request, connect_timeout, agent is None)
-        return exchange.start(
-            lambda: use.request(
-                b"POST", request.url_bytes, request.twisted_headers(), BytesProducer(request.body)
-            )
-        )
+        return exchange.start(lambda: agent_send(use, request))
 
     def __repr__(self) -> str:
         return f"AgentStreamBackend(max_event_bytes={self.max_event_bytes})"

@@ -16,6 +16,20 @@ from ..request import HTTPRequest
 from ..response import RawResponse
 
 
+def treq_send(client: HTTPClient, request: HTTPRequest, reactor: Any) -> Deferred[Any]:
+    """POST through treq with an unbuffered response (the body is read by
+    the caller, under its own limits) and without following redirects."""
+    return client.request(
+        "POST",
+        request.url,
+        headers=request.twisted_headers(),
+        data=request.body,
+        allow_redirects=False,
+        unbuffered=True,
+        reactor=reactor,
+    )
+
+
 @implementer(IHTTPBackend)
 class TreqBackend:
     """treq's ``HTTPClient`` over the shared pool's agent.
@@ -38,17 +52,7 @@ class TreqBackend:
         reactor = default_reactor(reactor)
         client = get_transport(reactor).treq if agent is None else HTTPClient(agent)
         exchange = PostExchange(reactor, request, timeout, connect_timeout, agent is None)
-        return exchange.start(
-            lambda: client.request(
-                "POST",
-                request.url,
-                headers=request.twisted_headers(),
-                data=request.body,
-                allow_redirects=False,
-                unbuffered=True,
-                reactor=reactor,
-            )
-        )
+        return exchange.start(lambda: treq_send(client, request, reactor))
 
     def __repr__(self) -> str:
         return "TreqBackend()"

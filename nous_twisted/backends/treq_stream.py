@@ -14,6 +14,7 @@ from ..pool import default_reactor, get_transport
 from ..request import HTTPRequest
 from ..sse import DEFAULT_MAX_EVENT_BYTES
 from ._streaming import StreamExchange
+from .treq import treq_send
 
 
 @implementer(IStreamBackend)
@@ -66,17 +67,7 @@ class TreqStreamBackend:
             max_event_bytes=self.max_event_bytes,
         )
         exchange = StreamExchange(events, reactor, request, connect_timeout, agent is None)
-        return exchange.start(
-            lambda: client.request(
-                "POST",
-                request.url,
-                headers=request.twisted_headers(),
-                data=request.body,
-                allow_redirects=False,
-                unbuffered=True,
-                reactor=reactor,
-            )
-        )
+        return exchange.start(lambda: treq_send(client, request, reactor))
 
     def __repr__(self) -> str:
         return (
