@@ -91,6 +91,9 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Any]:
         if self.terminal is not None:
             return []
+        datas = self._parser.feed_messages(chunk)
+        if datas is not None:
+            return self._messages(datas)
         try:
             events = self._parser.feed(chunk)
         except BufferOverflow as e:
@@ -98,6 +101,12 @@ class SSEDecoder:
             return []
         out: list[Any] = []
         for ev in events:
+            if ev.event == "message":
+                # the same rules as _messages, one event at a time
+                out += self._messages([ev.data])
+                if self.terminal is not None:
+                    break
+                continue
             data = ev.data
             if data == b"[DONE]":
                 self.terminal = StreamDone("stop")
@@ -105,19 +114,40 @@ class SSEDecoder:
             ok, obj = _decode(data, "an SSE event")
             if not ok:
                 continue
-            if type(obj) is dict:
-                if ev.event == "error" or obj.get("error") is not None:
-                    self.terminal = StreamError(_provider_error(obj))
-                    break
-                out.append(obj)
-                if ev.event == "message_stop" or obj.get("type") == "message_stop":
-                    self.terminal = StreamDone("stop")
-                    break
-            elif ev.event == "error":
+            if ev.event == "error" or (type(obj) is dict and obj.get("error") is not None):
                 self.terminal = StreamError(_provider_error(obj))
                 break
+            out.append(obj)
+            if ev.event == "message_stop" or (type(obj) is dict and obj.get("type") == "message_stop"):
+                self.terminal = StreamDone("stop")
+                break
+        return out
+
+    def _messages(self, datas: list[bytes]) -> list[Any]:
+        """Decode the data of ``message`` events: the per-event hot path."""
+        out: list[Any] = []
+        append = out.append
+        loads = _loads
+        for data in datas:
+            try:
+                obj = loads(data)
+            except _JSONDecodeError:
+                if data == b"[DONE]":
+                    self.terminal = StreamDone("stop")
+                    break
+                ok, obj = _decode(data, "an SSE event")
+                if not ok:
+                    continue
+            if type(obj) is dict:
+                if obj.get("error") is not None:
+                    self.terminal = StreamError(_provider_error(obj))
+                    break
+                append(obj)
+                if obj.get("type") == "message_stop":
+                    self.terminal = StreamDone("stop")
+                    break
             else:
-                out.append(obj)
+                append(obj)
         return out
 
     def finish(self) -> list[Any]:

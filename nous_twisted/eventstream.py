@@ -18,6 +18,7 @@ Exactly one terminal event (``StreamDone``/``StreamError``) ends a stream.
 from __future__ import annotations
 
 import asyncio
+from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -82,6 +83,7 @@ class EventStream:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self._reactor = reactor
+        self._seconds = reactor.seconds
         self.url = url
         self.timeout = timeout
         self.format = format
@@ -160,26 +162,42 @@ class EventStream:
         if decoder is None:
             self._collect_error(data)
             return
-        source = self._source
-        if self._strict and source is not None:
-            self._stop_counting()
-            source.pause_reading()
         seen = decoder.events_seen
         items = decoder.feed(data)
-        if decoder.events_seen != seen and self._count_since is not None:
+        if self._count_since is not None and decoder.events_seen != seen:
             self._idle_used = 0.0
-            self._count_since = self._reactor.seconds()
+            self._count_since = self._seconds()
         if items:
             q = self._queue
             q.extend(items)
-            if len(q) > self.max_buffered:
-                self.max_buffered = len(q)
+            n = len(q)
+            if n > self.max_buffered:
+                self.max_buffered = n
         if decoder.terminal is not None:
             self._finish(decoder.terminal, abort=isinstance(decoder.terminal, StreamError))
-        elif not self._strict and source is not None and len(self._queue) >= self._high and not source.paused:
+            self._pump()
+            return
+        self._pump()
+        source = self._source
+        if source is None or source.paused:
+            return
+        if self._strict:
+            # Strict pull: after every chunk, stop reading unless the consumer
+            # is already waiting for more with nothing queued.  (Pausing and
+            # resuming at once would cost two syscalls per chunk for nothing.)
+            if self._queue or not self._consumer_waiting():
+                self._stop_counting()
+                source.pause_reading()
+        elif len(self._queue) >= self._high:
             self._stop_counting()
             source.pause_reading()
-        self._pump()
+
+    def _consumer_waiting(self) -> bool:
+        if self._consumer_paused:
+            return False
+        if self._mode == "iter":
+            return self._waiter is not None
+        return self._mode == "consume" and not self._busy
 
     def _collect_error(self, data: bytes) -> None:
         assert self._error_body is not None
@@ -265,20 +283,20 @@ class EventStream:
     # holding the stream paused
 
     def _start_counting(self) -> None:
-        self._count_since = self._reactor.seconds()
+        self._count_since = self._seconds()
         if self._idle_timer is None:
             self._idle_timer = self._reactor.callLater(self.timeout - self._idle_used, self._idle_check)
 
     def _stop_counting(self) -> None:
         if self._count_since is not None:
-            self._idle_used += self._reactor.seconds() - self._count_since
+            self._idle_used += self._seconds() - self._count_since
             self._count_since = None
 
     def _idle_check(self) -> None:
         self._idle_timer = None
         if self._terminal is not None or self._count_since is None:
             return  # not counting now: resuming re-arms the timer
-        used = self._idle_used + self._reactor.seconds() - self._count_since
+        used = self._idle_used + self._seconds() - self._count_since
         if used >= self.timeout:
             self._finish(StreamError(RequestTimeout("idle", self.timeout, self.url)), abort=True)
             self._pump()
@@ -376,12 +394,7 @@ class EventStream:
         if self._consumer_paused:
             return
         if self._strict:
-            if self._queue:
-                return
-            if self._mode == "iter":
-                if self._waiter is None:
-                    return
-            elif self._mode != "consume" or self._busy:
+            if self._queue or not self._consumer_waiting():
                 return
         elif len(self._queue) >= self._low:
             return
@@ -524,9 +537,8 @@ async def _as_coro(awaitable: Awaitable[Any]) -> Any:
 def _awaitable(d: Deferred[Any]) -> Any:
     """The Deferred, or a Future for it when awaited from an asyncio Task
     (a Task cannot await a Deferred: "Task got bad yield")."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    loop = _get_running_loop()  # None, without raising, outside asyncio
+    if loop is None:
         return d
     if asyncio.current_task(loop) is not None:
         return d.asFuture(loop)

@@ -91,6 +91,11 @@ class SSEParser:
             if chunk[-1] == 13:  # b"\r": its LF may open the next chunk
                 self._skip_lf = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif not self._pieces and not self._data and not self._event and chunk[-2:] == b"\n\n":
+            datas = self._fast(chunk)
+            if datas is not None:
+                last_id = self.last_event_id
+                return [SSEEvent("message", d, last_id) for d in datas]
         if b"\n" not in chunk:
             self._hold(chunk)
             return []
@@ -136,6 +141,35 @@ class SSEParser:
         if tail:
             self._hold(tail)
         return out
+
+    def _fast(self, chunk: bytes) -> list[bytes] | None:
+        """The common case, cheaply: whole events of one ``data: `` line each,
+        nothing pending (the caller checked).  Returns their data, or None
+        when the chunk is anything else; the general path then gives exactly
+        what this would."""
+        blocks = chunk[:-2].split(b"\n\n")
+        limit = self.max_event_bytes
+        for b in blocks:
+            if b[:6] != b"data: " or b"\n" in b or len(b) > limit:
+                return None
+        self.events_dispatched += len(blocks)
+        return [b[6:] for b in blocks]
+
+    def feed_messages(self, chunk: bytes) -> list[bytes] | None:
+        """The data of the ``message`` events in ``chunk`` when it is only
+        whole one-line ``data:`` events with nothing pending; else None, and
+        nothing was consumed: call :meth:`feed`."""
+        if (
+            self._at_start
+            or self._skip_lf
+            or self._pieces
+            or self._data
+            or self._event
+            or chunk[-2:] != b"\n\n"
+            or b"\r" in chunk
+        ):
+            return None
+        return self._fast(chunk)
 
     def close(self) -> None:
         """The body ended: drop a partial line and an undispatched event."""
