@@ -113,11 +113,36 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark both backends against raw treq, raw Agent, aiohttp, httpx and a floor",
+        description="Run every benchmark scenario for every client (needs the 'bench' extra: "
+        "pip install 'nous-twisted[bench]') and write docs/benchmarks.md with its plots.",
+    )
+    p.add_argument("--quick", action="store_true", help="smaller scenarios and fewer runs (under two minutes)")
+    p.add_argument("--out", default="docs", help="where to write benchmarks.md and img/ (default: %(default)s)")
+    p.add_argument("--runs", type=int, help="runs per scenario and client (default: 3 quick, 5 full; 1 for the long ones)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nous-twisted", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
+    _bench_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        try:
+            import aiohttp  # noqa: F401
+            import httpx_sse  # noqa: F401
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            print(f"nous-twisted bench needs the 'bench' extra ({e.name} is missing): "
+                  "pip install 'nous-twisted[bench]'", file=sys.stderr)
+            return 2
+        from .bench.run import main as bench_main
+
+        return bench_main(quick=args.quick, out_dir=args.out, runs=args.runs)
     if args.command == "demo":
         if args.reactor == "asyncio":
             from twisted.internet import asyncioreactor

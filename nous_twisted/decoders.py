@@ -91,15 +91,18 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Any]:
         if self.terminal is not None:
             return []
-        datas = self._parser.feed_messages(chunk)
+        datas, rest = self._parser.feed_messages(chunk)
         if datas is not None:
-            return self._messages(datas)
+            out = self._messages(datas)
+            if not rest or self.terminal is not None:
+                return out
+        else:
+            out = []
         try:
-            events = self._parser.feed(chunk)
+            events = self._parser.feed(rest)
         except BufferOverflow as e:
             self.terminal = StreamError(e)
-            return []
-        out: list[Any] = []
+            return out
         for ev in events:
             if ev.event == "message":
                 # the same rules as _messages, one event at a time

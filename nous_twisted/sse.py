@@ -10,6 +10,7 @@ pieces, never re-scanned.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from .errors import BufferOverflow
@@ -30,6 +31,10 @@ class SSEEvent(NamedTuple):
     @property
     def text(self) -> str:
         return self.data.decode("utf-8", "replace")
+
+
+_tuple_new = tuple.__new__
+_ONE_LINE_EVENT = re.compile(rb"data: ([^\n]*)\n\n")
 
 
 def _str(value: bytes) -> str:
@@ -91,11 +96,15 @@ class SSEParser:
             if chunk[-1] == 13:  # b"\r": its LF may open the next chunk
                 self._skip_lf = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        elif not self._pieces and not self._data and not self._event and chunk[-2:] == b"\n\n":
-            datas = self._fast(chunk)
+        else:
+            datas, rest = self.feed_messages(chunk)
             if datas is not None:
                 last_id = self.last_event_id
-                return [SSEEvent("message", d, last_id) for d in datas]
+                new = _tuple_new  # skips NamedTuple's Python-level __new__
+                events = [new(SSEEvent, ("message", d, last_id)) for d in datas]
+                if rest:
+                    events += self.feed(rest)
+                return events
         if b"\n" not in chunk:
             self._hold(chunk)
             return []
@@ -143,33 +152,36 @@ class SSEParser:
         return out
 
     def _fast(self, chunk: bytes) -> list[bytes] | None:
-        """The common case, cheaply: whole events of one ``data: `` line each,
+        """Whole events of one ``data: `` line each, ending in a blank line,
         nothing pending (the caller checked).  Returns their data, or None
-        when the chunk is anything else; the general path then gives exactly
+        when the bytes are anything else; the general path then gives exactly
         what this would."""
-        blocks = chunk[:-2].split(b"\n\n")
-        limit = self.max_event_bytes
-        for b in blocks:
-            if b[:6] != b"data: " or b"\n" in b or len(b) > limit:
-                return None
-        self.events_dispatched += len(blocks)
-        return [b[6:] for b in blocks]
-
-    def feed_messages(self, chunk: bytes) -> list[bytes] | None:
-        """The data of the ``message`` events in ``chunk`` when it is only
-        whole one-line ``data:`` events with nothing pending; else None, and
-        nothing was consumed: call :meth:`feed`."""
-        if (
-            self._at_start
-            or self._skip_lf
-            or self._pieces
-            or self._data
-            or self._event
-            or chunk[-2:] != b"\n\n"
-            or b"\r" in chunk
-        ):
+        datas: list[bytes] = _ONE_LINE_EVENT.findall(chunk)
+        # The matches tile the bytes exactly (8 = "data: " + "\n\n"), or
+        # something else is in there: a comment, a field, a multi-line event.
+        if not datas or sum(map(len, datas)) + 8 * len(datas) != len(chunk):
             return None
-        return self._fast(chunk)
+        if max(map(len, datas)) > self.max_event_bytes:
+            return None
+        self.events_dispatched += len(datas)
+        return datas
+
+    def feed_messages(self, chunk: bytes) -> tuple[list[bytes] | None, bytes]:
+        """The fast path: ``(datas, rest)`` where ``datas`` is the data of the
+        ``message`` events that ``chunk`` opens with, when they are whole
+        one-line ``data:`` events and nothing is pending, and ``rest`` the
+        bytes after them, still to :meth:`feed`.  ``(None, chunk)`` when the
+        fast path does not apply: feed the whole chunk."""
+        if self._at_start or self._skip_lf or self._pieces or self._data or self._event or b"\r" in chunk:
+            return None, chunk
+        cut = chunk.rfind(b"\n\n")
+        if cut < 0:
+            return None, chunk
+        cut += 2
+        datas = self._fast(chunk if cut == len(chunk) else chunk[:cut])
+        if datas is None:
+            return None, chunk
+        return datas, chunk[cut:]
 
     def close(self) -> None:
         """The body ended: drop a partial line and an undispatched event."""
