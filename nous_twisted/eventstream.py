@@ -179,7 +179,7 @@ class EventStream:
             return
         self._pump()
         source = self._source
-        if source is None or source.paused:
+        if source is None or source.paused or self._terminal is not None:
             return
         if self._strict:
             # Strict pull: after every chunk, stop reading unless the consumer

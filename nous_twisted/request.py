@@ -88,6 +88,26 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}{query}"
 
 
+# Validated URLs: most applications call a handful of endpoints, and checking
+# one costs more than the rest of preparing a request.
+_url_cache: dict[str, tuple[bytes, str]] = {}
+_URL_CACHE_SIZE = 256
+
+
+def _checked_url(url: object) -> tuple[str, bytes, str]:
+    """(url, wire bytes, display form), validated once per distinct URL."""
+    if type(url) is str:
+        hit = _url_cache.get(url)
+        if hit is not None:
+            return url, hit[0], hit[1]
+    url_str, url_bytes = _check_url(url)
+    shown = display_url(url_str)
+    if len(_url_cache) >= _URL_CACHE_SIZE:
+        _url_cache.clear()
+    _url_cache[url_str] = (url_bytes, shown)
+    return url_str, url_bytes, shown
+
+
 def _check_url(url: object) -> tuple[str, bytes]:
     if not isinstance(url, str):
         raise TypeError(f"url must be a str such as 'https://api.openai.com/v1/chat/completions', not {type(url).__name__}")
@@ -189,10 +209,10 @@ def prepare(
     url: object, body: object, headers: object, *, accept: bytes | None = None
 ) -> HTTPRequest:
     """Validate the caller's arguments into an :class:`HTTPRequest`."""
-    url_str, url_bytes = _check_url(url)
+    url_str, url_bytes, shown = _checked_url(url)
     encoded = encode_body(body)
     hs = normalize_headers(headers)
     _ensure(hs, b"content-type", b"application/json")
     if accept is not None:
         _ensure(hs, b"accept", accept)
-    return HTTPRequest(url_str, url_bytes, encoded, tuple(hs), display_url(url_str))
+    return HTTPRequest(url_str, url_bytes, encoded, tuple(hs), shown)

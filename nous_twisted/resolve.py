@@ -43,6 +43,7 @@ _KINDS: dict[str, tuple[InterfaceClass, dict[str, str]]] = {
 
 # Built-in backends hold no per-call state: one instance each is enough.
 _builtin_instances: dict[str, Any] = {}
+_environ = os.environ
 
 
 def _import(path: str) -> Any:
@@ -116,16 +117,24 @@ def resolve_stream_backend(per_call: Any) -> Any:
 
 def _resolve(kind: str, per_call: Any, arg: str, env_name: str, key: str) -> Any:
     if per_call is not None:
+        if type(per_call) is str:  # a built-in name: no need to go further
+            inst = _builtin_instances.get(f"{kind}:{per_call}")
+            if inst is not None:
+                return inst
         return _coerce(kind, per_call, arg)
-    env = os.environ.get(env_name)
+    env = _environ.get(env_name)
     if env and env.strip():
         return _coerce(kind, env, f"the environment variable {env_name}")
     from .settings import current
 
     configured = getattr(current(), key)
-    if configured is not None:
-        return _coerce(kind, configured, f"configure({key}=...)")
-    return _coerce(kind, "treq", "the default")
+    if configured is None:
+        configured = "treq"
+    if type(configured) is str:
+        inst = _builtin_instances.get(kind + ":" + configured)
+        if inst is not None:
+            return inst
+    return _coerce(kind, configured, f"configure({key}=...)" if configured != "treq" else "the default")
 
 
 def check_config(key: str, value: Any) -> None:
