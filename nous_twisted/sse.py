@@ -105,6 +105,16 @@ class SSEParser:
                 if rest:
                     events += self.feed(rest)
                 return events
+            if self._pieces or self._data:
+                # Finish the pending event the general way; after its blank
+                # line nothing is pending, and the rest may take the fast path.
+                end = chunk.find(b"\n\n") + 2
+                if 1 < end < len(chunk):
+                    return self._lines(chunk[:end]) + self.feed(chunk[end:])
+        return self._lines(chunk)
+
+    def _lines(self, chunk: bytes) -> list[SSEEvent]:
+        """The general path: ``chunk`` has no CR (line ends are LF)."""
         if b"\n" not in chunk:
             self._hold(chunk)
             return []
