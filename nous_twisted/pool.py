@@ -16,6 +16,7 @@ synchronously through Agent, treq and their wrappers.
 from __future__ import annotations
 
 import contextvars
+import sys
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -438,8 +439,26 @@ except TypeError:  # pragma: no cover
 
 
 def default_reactor(reactor: Any | None) -> Any:
+    """The reactor to use: the one given, else the installed global one.
+
+    Importing ``twisted.internet.reactor`` installs the default reactor when
+    none is installed yet.  Inside a running asyncio loop with no Twisted
+    reactor (Scrapy's reactorless mode, a plain asyncio program) that reactor
+    would never run and every call would hang: fail clearly instead.
+    """
     if reactor is not None:
         return reactor
+    if "twisted.internet.reactor" not in sys.modules:
+        from asyncio.events import _get_running_loop
+
+        if _get_running_loop() is not None:
+            raise RuntimeError(
+                "nous_twisted needs a running Twisted reactor, and this is an asyncio loop without "
+                "one (Scrapy's TWISTED_REACTOR_ENABLED=False, or plain asyncio). Install "
+                "twisted.internet.asyncioreactor before the loop starts (Scrapy: keep the reactor "
+                "enabled, TWISTED_REACTOR = 'twisted.internet.asyncioreactor.AsyncioSelectorReactor'), "
+                "or pass reactor= explicitly."
+            )
     from twisted.internet import reactor as global_reactor
 
     return global_reactor

@@ -43,3 +43,19 @@ def test_demo_reports_failure_with_exit_code() -> None:
     assert result.returncode == 1
     assert "ConnectError" in result.stdout
     assert "SECRET" not in result.stdout + result.stderr
+
+
+def test_plain_asyncio_without_a_reactor_fails_clearly() -> None:
+    """Scrapy's reactorless mode: no Twisted reactor to run the calls."""
+    code = (
+        "import asyncio, nous_twisted\n"
+        "async def main():\n"
+        "    try:\n"
+        "        nous_twisted.post('http://127.0.0.1:9/v1/chat/completions', {})\n"
+        "    except RuntimeError as e:\n"
+        "        print('refused:', e)\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "refused: nous_twisted needs a running Twisted reactor" in result.stdout
