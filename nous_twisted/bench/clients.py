@@ -117,19 +117,25 @@ class _TwistedRaw:
         self.agent = Agent(reactor, pool=pool)
 
 
-class _Queue:
-    """Events handed from a protocol to an async consumer, unbounded (raw
-    clients have no backpressure of their own)."""
+class _Sink:
+    """Where a raw Twisted client's protocol puts decoded events: counted
+    when nobody consumes them, else queued for an async consumer, unbounded
+    (raw clients have no backpressure of their own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_event: Callable[[Any], Awaitable[None]] | None) -> None:
         from twisted.internet.defer import Deferred
 
         self.Deferred = Deferred
+        self.on_event = on_event
         self.items: deque[Any] = deque()
         self.waiter: Any = None
         self.done = False
+        self.count = 0
 
     def put(self, item: Any) -> None:
+        if self.on_event is None:
+            self.count += 1
+            return
         self.items.append(item)
         if self.waiter is not None:
             w, self.waiter = self.waiter, None
@@ -141,16 +147,21 @@ class _Queue:
             w, self.waiter = self.waiter, None
             w.callback(None)
 
-    async def drain(self, on_event: Callable[[Any], Awaitable[None]]) -> int:
-        n = 0
-        while True:
-            while self.items:
-                n += 1
-                await on_event(self.items.popleft())
-            if self.done:
-                return n
-            self.waiter = self.Deferred()
-            await self.waiter
+    async def drain(self, finished: Any) -> int:
+        """Feed the queue to the consumer until ``close()``; then wait for
+        ``finished`` (the body's end) and return the number of events."""
+        on_event = self.on_event
+        if on_event is not None:
+            while True:
+                while self.items:
+                    self.count += 1
+                    await on_event(self.items.popleft())
+                if self.done:
+                    break
+                self.waiter = self.Deferred()
+                await self.waiter
+        await finished
+        return self.count
 
 
 class RawAgentClient(_TwistedRaw):
@@ -178,14 +189,8 @@ class RawAgentClient(_TwistedRaw):
             BytesProducer(orjson.dumps(obj)),
         )
         finished: Deferred[None] = Deferred()
-        queue = _Queue() if on_event is not None else None
-        count = [0]
-
-        def on_data(event: Any) -> None:
-            if queue is not None:
-                queue.put(event)
-            else:
-                count[0] += 1
+        sink = _Sink(on_event)
+        on_data = sink.put
 
         class Body(Protocol):
             def __init__(self) -> None:
@@ -196,17 +201,11 @@ class RawAgentClient(_TwistedRaw):
                 split_sse(self.buf, on_data)
 
             def connectionLost(self, reason: Any = None) -> None:
-                if queue is not None:
-                    queue.close()
+                sink.close()
                 finished.callback(None)
 
         response.deliverBody(Body())
-        if queue is not None and on_event is not None:
-            n = await queue.drain(on_event)
-            await finished
-            return n
-        await finished
-        return count[0]
+        return await sink.drain(finished)
 
 
 class RawTreqClient(_TwistedRaw):
@@ -230,25 +229,20 @@ class RawTreqClient(_TwistedRaw):
 
         response = await self.client.post(self.base + path, data=orjson.dumps(obj), headers=TREQ_HEADERS, unbuffered=True)
         buf = bytearray()
-        queue = _Queue() if on_event is not None else None
-        count = [0]
-
-        def on_data(event: Any) -> None:
-            if queue is not None:
-                queue.put(event)
-            else:
-                count[0] += 1
+        sink = _Sink(on_event)
 
         def collector(data: bytes) -> None:
             buf.extend(data)
-            split_sse(buf, on_data)
+            split_sse(buf, sink.put)
 
         done = treq.collect(response, collector)
-        if queue is not None and on_event is not None:
-            done.addBoth(lambda _: queue.close())
-            return await queue.drain(on_event)
-        await done
-        return count[0]
+
+        def closed(result: Any) -> Any:
+            sink.close()
+            return result
+
+        done.addBoth(closed)
+        return await sink.drain(done)
 
 
 class AiohttpClient:
