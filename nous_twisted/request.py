@@ -56,13 +56,6 @@ class HTTPRequest:
             h.addRawHeader(name, value)
         return h
 
-    def header_dict(self) -> dict[bytes, list[bytes]]:
-        """The headers as treq accepts them."""
-        out: dict[bytes, list[bytes]] = {}
-        for name, value in self.headers:
-            out.setdefault(name, []).append(value)
-        return out
-
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{n.decode('latin-1')}: {'<redacted>' if n.lower() in _SECRET_HEADERS else v.decode('latin-1')}"

@@ -32,6 +32,14 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, step: float =
         waited += step
 
 
+async def refused_url(path: str = "/v1/chat/completions") -> str:
+    """A loopback URL whose port was just closed: connecting is refused."""
+    port = get_reactor().listenTCP(0, Factory(), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}{path}"
+    await port.stopListening()
+    return url
+
+
 class RawServer:
     """A TCP server on loopback whose replies are scripted by ``on_data``.
 

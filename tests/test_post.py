@@ -27,7 +27,7 @@ from nous_twisted.pool import get_transport
 from nous_twisted.testing import FakeLLMServer, Fault
 
 from .conftest import BACKENDS, server_tls_options
-from .helpers import LogCapture, RawServer, get_reactor, sleep, wait_for
+from .helpers import LogCapture, RawServer, get_reactor, refused_url, sleep, wait_for
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -137,9 +137,7 @@ async def test_redirect_not_followed(fake: FakeLLMServer, backend: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_refused_connection_is_connect_error(backend: str) -> None:
-    port = get_reactor().listenTCP(0, __import__("twisted.internet.protocol").internet.protocol.Factory(), interface="127.0.0.1")
-    url = f"http://127.0.0.1:{port.getHost().port}/v1/chat/completions"
-    await port.stopListening()
+    url = await refused_url()
     with pytest.raises(ConnectError) as info:
         await post(url, CHAT, backend=backend)
     assert "refused" in str(info.value)

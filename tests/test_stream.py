@@ -27,7 +27,7 @@ from nous_twisted import (
 from nous_twisted.pool import get_transport
 from nous_twisted.testing import FakeLLMServer, Fault, reply_tokens
 
-from .helpers import ScriptedSite, get_reactor, sleep, wait_for
+from .helpers import ScriptedSite, get_reactor, refused_url, sleep, wait_for
 
 BACKENDS = ("treq", "agent")
 CHAT = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -161,9 +161,7 @@ async def test_status_error_with_json_body(fake: FakeLLMServer, status: int) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_refused_connection() -> None:
-    port = get_reactor().listenTCP(0, __import__("twisted.internet.protocol").internet.protocol.Factory(), interface="127.0.0.1")
-    url = f"http://127.0.0.1:{port.getHost().port}/v1/chat/completions"
-    await port.stopListening()
+    url = await refused_url()
     events = await both(url)
     assert isinstance(events[0].error, ConnectError)
 

@@ -306,7 +306,6 @@ class _FloorProtocol(asyncio.Protocol):
         self.chunked = False
         self.done: asyncio.Future[bytes] | None = None
         self.on_chunk: Callable[[bytearray], None] | None = None
-        self.queue: deque[Any] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.t = transport
