@@ -1,6 +1,6 @@
 """nous_twisted: a Twisted-native HTTP transport for LLM APIs."""
 
-from .api import post, stream
+from .api import configure, post, stream
 from .backends.agent import AgentBackend
 from .backends.agent_stream import AgentStreamBackend
 from .backends.treq import TreqBackend
@@ -21,8 +21,8 @@ from .errors import (
 from .events import StreamDone, StreamError
 from .eventstream import EventStream
 from .interfaces import IHTTPBackend, IStreamBackend
-from .pool import shutdown
-from .settings import PoolSettings, configure
+from .settings import PoolSettings
+from .shared import shutdown
 
 __version__ = "0.1.0"
 

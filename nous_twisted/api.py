@@ -1,4 +1,4 @@
-"""The public calls: ``post`` and ``stream``."""
+"""The public calls: ``post``, ``stream`` and ``configure``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,64 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IAgent
 
+from . import settings as _settings
 from .eventstream import EventStream
 from .request import HeadersArg, prepare
-from .resolve import resolve_http_backend, resolve_stream_backend
+from .resolve import check_config, resolve_http_backend, resolve_stream_backend
 from .response import to_value
+from .settings import PoolSettings, Settings
+from .shared import settings_changed
+from .tls import load_ca_bundle
+
+_UNSET: Any = object()
+
+
+def configure(
+    http_backend: Any = _UNSET,
+    http_stream_backend: Any = _UNSET,
+    pool: PoolSettings = _UNSET,
+    ca_bundle: str | None = _UNSET,
+) -> Settings:
+    """Set the application configuration.
+
+    Only the arguments you pass change; the others keep their current value
+    (``None`` resets a backend to the default).  Backend values are checked at
+    once, so a typo fails here, naming the key.  Pool settings apply to the
+    live pools at once.
+
+    :param http_backend: ``"treq"``, ``"agent"``, a dotted path, a class or an
+        instance providing ``IHTTPBackend``.
+    :param http_stream_backend: the same for ``IStreamBackend``.
+    :param pool: a :class:`PoolSettings`.
+    :param ca_bundle: a PEM file whose certificates replace the platform's
+        trust roots (``SSL_CERT_FILE`` is used when this is unset).
+    :return: the new settings.
+    """
+    old = _settings.current()
+    new = dict(
+        http_backend=old.http_backend,
+        http_stream_backend=old.http_stream_backend,
+        pool=old.pool,
+        ca_bundle=old.ca_bundle,
+    )
+    if http_backend is not _UNSET:
+        check_config("http_backend", http_backend)
+        new["http_backend"] = http_backend
+    if http_stream_backend is not _UNSET:
+        check_config("http_stream_backend", http_stream_backend)
+        new["http_stream_backend"] = http_stream_backend
+    if pool is not _UNSET:
+        if not isinstance(pool, PoolSettings):
+            raise TypeError(f"pool must be a PoolSettings, not {type(pool).__name__}")
+        new["pool"] = pool
+    if ca_bundle is not _UNSET:
+        if ca_bundle is not None:
+            load_ca_bundle(ca_bundle, "configure(ca_bundle=...)")
+        new["ca_bundle"] = ca_bundle
+    settings = Settings(**new)
+    _settings.replace(settings)
+    settings_changed(old, settings)
+    return settings
 
 FORMATS = (None, "sse", "ndjson", "json-array")
 
@@ -62,7 +116,7 @@ def post(
     d: Deferred[Any] = impl.post(
         request, timeout=timeout, connect_timeout=connect_timeout, agent=agent, reactor=reactor
     )
-    return d.addCallback(to_value, request.display_url)
+    return d.addCallback(to_value, request.display_url, request.secrets)
 
 
 def stream(

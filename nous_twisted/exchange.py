@@ -10,27 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import _WrapperException
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .errors import (
-    BufferOverflow,
-    ConnectError,
-    NousHTTPError,
-    RequestTimeout,
-    StreamTruncated,
-    TLSError,
-    TransportError,
-)
+from .compression import STEP, Decompressor, decompressor_for
+from .errors import BufferOverflow, NousHTTPError, RequestTimeout, StreamTruncated
+from .failures import classify, describe, reasons
 from .pool import abort_transport, send_with_ticket
 from .request import HTTPRequest
 from .response import RawResponse
@@ -69,82 +61,58 @@ class BytesProducer:
 
 
 
-def _is_tls_failure(value: BaseException) -> bool:
-    try:
-        from OpenSSL.SSL import Error as SSLError
-    except ImportError:  # pragma: no cover
-        SSLError = ()  # type: ignore[assignment,misc]
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover
-        VerificationError = ()  # type: ignore[assignment,misc]
-    return isinstance(value, (SSLError, VerificationError))
-
-
-def _reasons(value: BaseException | None) -> list[BaseException]:
-    if isinstance(value, _WrapperException):
-        return [r.value for r in value.reasons if r.value is not None]
-    return [] if value is None else [value]
-
-
-def classify(failure: Failure, url: str) -> Failure:
-    """Map a Twisted/treq failure onto the library's errors.
-
-    Our own errors and cancellation pass through; an exception we do not
-    recognise passes through too, rather than hide a bug behind a vague name.
-    """
-    value = failure.value
-    if isinstance(value, (NousHTTPError, CancelledError)):
-        return failure
-    reasons = _reasons(value)
-    for r in reasons:
-        if isinstance(r, NousHTTPError):
-            return Failure(r)
-        if isinstance(r, CancelledError):
-            return Failure(r)
-    for r in reasons:
-        if _is_tls_failure(r):
-            return Failure(TLSError(f"TLS handshake with {url} failed: {_describe(r)}"))
-    if isinstance(value, ierror.DNSLookupError):
-        return Failure(ConnectError(f"cannot resolve the host of {url}: {_describe(value)}"))
-    if isinstance(value, (ierror.ConnectError, ConnectionRefusedError)):
-        return Failure(ConnectError(f"cannot connect to {url}: {_describe(value)}"))
-    if isinstance(value, _WrapperException) or isinstance(
-        value, (ierror.ConnectionLost, ierror.ConnectionDone, ConnectionError)
-    ):
-        what = ", ".join(_describe(r) for r in reasons)
-        return Failure(
-            TransportError(f"the connection to {url} failed before a complete response: {what}")
-        )
-    return failure
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip()
-    if isinstance(e, ierror.ConnectionRefusedError):
-        return "connection refused"
-    if _is_tls_failure(e) and hasattr(e, "args") and e.args and isinstance(e.args[0], list):
-        # OpenSSL's list of (lib, func, reason) tuples: keep the reasons.
-        parts = [t[-1] for t in e.args[0] if isinstance(t, tuple) and t]
-        if parts:
-            return "; ".join(str(p) for p in parts)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 class _BodyCollector(Protocol):
-    __slots__ = ("chunks", "exchange", "size")
+    """Collects a reply's body, expanded when it is compressed, and stops at
+    :data:`MAX_RESPONSE_BODY` of *decoded* bytes, so a gzip bomb is an error,
+    not an out-of-memory."""
 
-    def __init__(self, exchange: PostExchange) -> None:
+    def __init__(self, exchange: PostExchange, inflater: Decompressor | None) -> None:
         self.exchange = exchange
+        self.inflater = inflater
         self.chunks: list[bytes] = []
-        self.size = 0
+        self.size = 0  # decoded bytes
+        self.received = 0  # bytes off the wire
+        self.error: NousHTTPError | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        self.received += len(data)
+        inflater = self.inflater
+        if inflater is None:
+            self._add(data)
+            return
+        try:
+            inflater.push(data)
+            while self.error is None:
+                out = inflater.pull(STEP)
+                if not out:
+                    break
+                self._add(out)
+        except NousHTTPError as e:
+            self._fail(e)
+
+    def _add(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > MAX_RESPONSE_BODY:
-            self.exchange._overflow()
+            self._fail(BufferOverflow(
+                f"the response body from {self.exchange.request.display_url} is over {MAX_RESPONSE_BODY} "
+                "bytes (decoded); use stream() for large replies"
+            ))
             return
         self.chunks.append(data)
+
+    def _fail(self, error: NousHTTPError) -> None:
+        if self.error is None:
+            self.error = error
+            self.chunks = []
+            abort_transport(self.transport)
+
+    def finish(self) -> bytes:
+        """The whole decoded body; raises when a compressed body is cut short."""
+        if self.inflater is not None:
+            self.inflater.close()
+        return b"".join(self.chunks)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         self.exchange._body_done(reason)
@@ -178,7 +146,6 @@ class PostExchange:
         self._collector: _BodyCollector | None = None
         self._response: IResponse | None = None
         self._timed_out = False
-        self._overflowed = False
         self._cancelled = False
 
     def start(self, send: Callable[[], Deferred[Any]]) -> Deferred[RawResponse]:
@@ -213,14 +180,21 @@ class PostExchange:
         if self._cancelled:
             return
         self._response = response
-        self._collector = _BodyCollector(self)
+        encoding = response.headers.getRawHeaders(b"content-encoding")
+        inflater = None
+        if encoding:
+            try:
+                inflater = decompressor_for(b",".join(encoding))
+            except NousHTTPError as e:
+                if 200 <= response.code < 300:
+                    self._collector = _BodyCollector(self, None)
+                    self._collector.error = e
+                    response.deliverBody(self._collector)
+                    abort_transport(self._collector.transport)
+                    return
+                # an error body we cannot expand: report it as it came
+        self._collector = _BodyCollector(self, inflater)
         response.deliverBody(self._collector)
-
-    def _overflow(self) -> None:
-        if not self._overflowed:
-            self._overflowed = True
-            assert self._collector is not None
-            abort_transport(self._collector.transport)
 
     def _request_failed(self, failure: Failure) -> None:
         self._stop_timer()
@@ -231,8 +205,7 @@ class PostExchange:
             failure = Failure(RequestTimeout("receive", self.timeout, url))
         else:
             failure = classify(failure, url)
-        self._log_failure(failure)
-        self.result.errback(failure)
+        self._fail(failure)
 
     def _body_done(self, reason: Failure) -> None:
         self._stop_timer()
@@ -242,26 +215,23 @@ class PostExchange:
         response = self._response
         assert collector is not None and response is not None
         url = self.request.display_url
-        if reason.check(ResponseDone, PotentialDataLoss) and not self._overflowed:
-            self.result.callback(
-                RawResponse(response.code, response.headers, b"".join(collector.chunks))
-            )
-            return
-        if self._timed_out:
-            err: Exception = RequestTimeout("receive", self.timeout, url)
-        elif self._overflowed:
-            err = BufferOverflow(
-                f"the response body from {url} is over {MAX_RESPONSE_BODY} bytes; "
-                "use stream() for large replies"
-            )
-        else:
+        err: Exception | None = collector.error
+        if err is None and self._timed_out:
+            err = RequestTimeout("receive", self.timeout, url)
+        if err is None and reason.check(ResponseDone, PotentialDataLoss):
+            try:
+                body = collector.finish()
+            except NousHTTPError as e:
+                err = e
+            else:
+                self.result.callback(RawResponse(response.code, response.headers, body))
+                return
+        if err is None:
             err = StreamTruncated(
-                f"the response body from {url} ended uncleanly after {collector.size} bytes "
-                f"(HTTP {response.code}): {', '.join(_describe(r) for r in _reasons(reason.value))}"
+                f"the response body from {url} ended uncleanly after {collector.received} bytes "
+                f"(HTTP {response.code}): {', '.join(describe(r) for r in reasons(reason.value))}"
             )
-        failure = Failure(err)
-        self._log_failure(failure)
-        self.result.errback(failure)
+        self._fail(Failure(err))
 
     def _cancel(self, _: Deferred[RawResponse]) -> None:
         self._cancelled = True
@@ -271,7 +241,8 @@ class PostExchange:
         elif self._request_d is not None:
             self._request_d.cancel()
 
-    def _log_failure(self, failure: Failure) -> None:
-        log.warn(
-            "POST {url} failed: {error}", url=self.request.display_url, error=str(failure.value)
-        )
+    def _fail(self, failure: Failure) -> None:
+        # The caller receives this failure and decides what it means: log it
+        # for debugging only.
+        log.debug("POST {url} failed: {error}", url=self.request.display_url, error=str(failure.value))
+        self.result.errback(failure)

@@ -14,6 +14,7 @@ from zope.interface.interface import InterfaceClass
 
 from .errors import BackendConfigError
 from .interfaces import IHTTPBackend, IStreamBackend
+from .settings import current
 
 ENV_HTTP = "NOUS_HTTP_BACKEND"
 ENV_STREAM = "NOUS_HTTP_STREAM_BACKEND"
@@ -125,8 +126,6 @@ def _resolve(kind: str, per_call: Any, arg: str, env_name: str, key: str) -> Any
     env = _environ.get(env_name)
     if env and env.strip():
         return _coerce(kind, env, f"the environment variable {env_name}")
-    from .settings import current
-
     configured = getattr(current(), key)
     if configured is None:
         configured = "treq"

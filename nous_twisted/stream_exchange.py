@@ -1,8 +1,9 @@
 """The byte-moving half of a stream, shared by both stream backends.
 
 A :class:`StreamExchange` sends the request (through a callable the backend
-supplies), hands status, headers and body bytes to the EventStream, and does
-what the EventStream asks: pause, resume, abort, drain.  It never decodes.
+supplies), hands status, headers and body bytes to its
+:class:`~nous_twisted.streamcore.StreamCore`, and does what the core asks:
+pause, resume, abort, drain.  It never decodes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from ..errors import NousHTTPError, TransportError
-from ..eventstream import EventStream
-from ..exchange import _describe, _reasons, classify
-from ..pool import abort_transport, get_transport, send_with_ticket
-from ..request import HTTPRequest
+from .errors import NousHTTPError, TransportError
+from .failures import classify, describe, reasons
+from .pool import abort_transport, send_with_ticket
+from .request import HTTPRequest
+from .streamcore import StreamCore
 
 # After the end signal, how long the rest of the body may take to arrive
 # before the connection is aborted instead of returned to the pool (the
@@ -36,6 +37,7 @@ class _Receiver(Protocol):
 
     def __init__(self, exchange: StreamExchange) -> None:
         self.exchange = exchange
+        self.core = exchange.core
 
     def connectionMade(self) -> None:
         ex = self.exchange
@@ -44,28 +46,27 @@ class _Receiver(Protocol):
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex.paused:
+        if self.exchange.paused:
             self.transport.pauseProducing()  # type: ignore[union-attr]
-        ex.stream._data(data)
+        self.core.data_received(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         self.exchange._body_lost(reason)
 
 
 class StreamExchange:
-    """One streaming request on the wire; the EventStream's ByteSource."""
+    """One streaming request on the wire; the core's ByteSource."""
 
     def __init__(
         self,
-        stream: EventStream,
-        reactor: Any,
+        core: StreamCore,
+        clock: Any,
         request: HTTPRequest,
         connect_timeout: float,
         shared_pool: bool,
     ) -> None:
-        self.stream = stream
-        self.reactor = reactor
+        self.core = core
+        self.clock = clock
         self.request = request
         self.connect_timeout = connect_timeout
         self.shared_pool = shared_pool
@@ -76,23 +77,26 @@ class StreamExchange:
         self._drain_timer: IDelayedCall | None = None
         self._body_over = False
 
-    def start(self, send: Callable[[], Deferred[Any]]) -> EventStream:
-        stream = self.stream
-        stream._attach(self, get_transport(self.reactor).active)
-        d = send_with_ticket(
-            send, self.connect_timeout, stream._connected, self.request.display_url, self.shared_pool
-        )
-        self._request_d = d
+    def start(self, send: Callable[[], Deferred[Any]], registry: set[Any] | None) -> None:
+        core = self.core
+        core.attach(self, registry)
+        d = send_with_ticket(send, self.connect_timeout, core.connected, self.request.display_url, self.shared_pool)
+        if not d.called:
+            self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
-        return stream
 
     # -- the wire -------------------------------------------------------------
 
     def _got_response(self, response: IResponse) -> None:
         self._request_d = None
         if self._aborted:
+            # Cancelled as the response arrived: do not leave it unread.
+            response.deliverBody(_Discard())
             return
-        self.stream._response(response.code, response.headers)
+        self.core.response_received(response.code, response.headers)
+        if self._aborted:  # the core refused the response at once
+            response.deliverBody(_Discard())
+            return
         response.deliverBody(_Receiver(self))
 
     def _request_failed(self, failure: Failure) -> None:
@@ -101,10 +105,10 @@ class StreamExchange:
             return
         failure = classify(failure, self.request.display_url)
         if isinstance(failure.value, NousHTTPError):
-            self.stream._fail(failure.value)
+            self.core.failed(failure.value)
         else:
-            self.stream._fail(
-                TransportError(f"the stream to {self.request.display_url} failed: {_describe(failure.value)}")  # type: ignore[arg-type]
+            self.core.failed(
+                TransportError(f"the stream to {self.request.display_url} failed: {describe(failure.value)}")  # type: ignore[arg-type]
             )
 
     def _body_lost(self, reason: Failure) -> None:
@@ -115,10 +119,11 @@ class StreamExchange:
                 self._drain_timer.cancel()
             self._drain_timer = None
         if self._aborted:
+            self.core.release_terminal()
             return
         clean = reason.check(ResponseDone, PotentialDataLoss) is not None
-        why = "" if clean else ", ".join(_describe(r) for r in _reasons(reason.value))
-        self.stream._body_end(clean, why)
+        why = "" if clean else ", ".join(describe(r) for r in reasons(reason.value))
+        self.core.body_ended(clean, why)
 
     # -- ByteSource -------------------------------------------------------------
 
@@ -148,10 +153,17 @@ class StreamExchange:
         if self._body_over or self._aborted:
             return False
         self.resume_reading()
-        self._drain_timer = self.reactor.callLater(DRAIN_GRACE, self._drain_expired)
+        self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
         return True
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
         self.abort()
-        self.stream._release_terminal()
+        self.core.release_terminal()
+
+
+class _Discard(Protocol):
+    """Reads nothing: its connection was aborted already."""
+
+    def connectionMade(self) -> None:
+        abort_transport(self.transport)

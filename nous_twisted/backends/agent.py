@@ -10,9 +10,10 @@ from zope.interface import implementer
 
 from ..exchange import BytesProducer, PostExchange
 from ..interfaces import IHTTPBackend
-from ..pool import default_reactor, get_transport
+from ..reactors import default_reactor
 from ..request import HTTPRequest
 from ..response import RawResponse
+from ..shared import get_shared
 
 
 def agent_send(agent: IAgent, request: HTTPRequest) -> Deferred[Any]:
@@ -36,9 +37,8 @@ class AgentBackend:
         reactor: Any = None,
     ) -> Deferred[RawResponse]:
         reactor = default_reactor(reactor)
-        shared = agent is None
-        use: IAgent = get_transport(reactor).agent if agent is None else agent
-        exchange = PostExchange(reactor, request, timeout, connect_timeout, shared)
+        use: IAgent = get_shared(reactor).agent if agent is None else agent
+        exchange = PostExchange(reactor, request, timeout, connect_timeout, agent is None)
         return exchange.start(lambda: agent_send(use, request))
 
     def __repr__(self) -> str:

@@ -1,33 +1,111 @@
-"""Non-streaming POST through treq (the default backend)."""
+"""Non-streaming POST through treq (the default backend).
+
+treq wraps every agent in a ``CookieAgent`` with a jar of its own and a
+``ContentDecoderAgent`` that expands gzip without bound.  Both are undone
+here, so that the transport stays stateless and every backend decodes
+compressed bodies the same bounded way: treq gets a jar whose policy
+refuses every cookie, and the agent it wraps hides ``Content-Encoding`` from
+treq's decoder (and puts it back once treq is done).
+"""
 
 from __future__ import annotations
 
+import weakref
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar  # type: ignore[attr-defined]
 from twisted.internet.defer import Deferred
-from twisted.web.iweb import IAgent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ..exchange import PostExchange
+from ..exchange import BytesProducer, PostExchange
 from ..interfaces import IHTTPBackend
-from ..pool import default_reactor, get_transport
+from ..reactors import default_reactor
 from ..request import HTTPRequest
 from ..response import RawResponse
+from ..shared import get_shared
+
+# Carries Content-Encoding past treq's ContentDecoderAgent.
+_HIDDEN = b"x-nous-twisted-content-encoding"
+
+
+@implementer(IAgent)
+class _BelowTreq:
+    """The agent treq wraps: the library's Accept-Encoding on the wire (treq
+    adds its own), and Content-Encoding out of sight of treq's decoder."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        if headers is not None:
+            mine = headers.getRawHeaders(b"x-nous-twisted-accept-encoding")
+            if mine:
+                headers.removeHeader(b"x-nous-twisted-accept-encoding")
+                headers.setRawHeaders(b"accept-encoding", mine)
+        return self._agent.request(method, uri, headers, bodyProducer).addCallback(_hide_encoding)
+
+
+def _hide_encoding(response: IResponse) -> IResponse:
+    encoding = response.headers.getRawHeaders(b"content-encoding")
+    if encoding:
+        response.headers.removeHeader(b"content-encoding")
+        response.headers.setRawHeaders(_HIDDEN, encoding)
+    return response
+
+
+def _unhide_encoding(response: Any) -> Any:
+    headers = response.headers
+    encoding = headers.getRawHeaders(_HIDDEN)
+    if encoding:
+        headers.removeHeader(_HIDDEN)
+        headers.setRawHeaders(b"content-encoding", encoding)
+    return response
+
+
+def _no_cookies() -> IndexableCookieJar:
+    return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
+_clients: weakref.WeakKeyDictionary[Any, HTTPClient] = weakref.WeakKeyDictionary()
+
+
+def treq_client(agent: IAgent) -> HTTPClient:
+    """A treq client over ``agent``, stateless and decoding nothing itself."""
+    client = _clients.get(agent)
+    if client is None:
+        client = _clients[agent] = HTTPClient(_BelowTreq(agent), cookiejar=_no_cookies())
+    return client
 
 
 def treq_send(client: HTTPClient, request: HTTPRequest, reactor: Any) -> Deferred[Any]:
     """POST through treq with an unbuffered response (the body is read by
     the caller, under its own limits) and without following redirects."""
-    return client.request(
+    headers = request.twisted_headers()
+    accept = headers.getRawHeaders(b"accept-encoding")
+    if accept:
+        # treq's ContentDecoderAgent adds "gzip" on top: hand ours past it.
+        headers.removeHeader(b"accept-encoding")
+        headers.setRawHeaders(b"x-nous-twisted-accept-encoding", accept)
+    d: Deferred[Any] = client.request(
         "POST",
         request.url,
-        headers=request.twisted_headers(),
-        data=request.body,
+        headers=headers,
+        data=BytesProducer(request.body),
         allow_redirects=False,
         unbuffered=True,
         reactor=reactor,
     )
+    return d.addCallback(_unhide_encoding)
 
 
 @implementer(IHTTPBackend)
@@ -50,7 +128,7 @@ class TreqBackend:
         reactor: Any = None,
     ) -> Deferred[RawResponse]:
         reactor = default_reactor(reactor)
-        client = get_transport(reactor).treq if agent is None else HTTPClient(agent)
+        client = treq_client(get_shared(reactor).agent if agent is None else agent)
         exchange = PostExchange(reactor, request, timeout, connect_timeout, agent is None)
         return exchange.start(lambda: treq_send(client, request, reactor))
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from ..backpressure import Watermarks
 from ..eventstream import EventStream
 from ..interfaces import IStreamBackend
-from ..pool import default_reactor, get_transport
+from ..reactors import default_reactor
 from ..request import HTTPRequest
+from ..shared import get_shared
 from ..sse import DEFAULT_MAX_EVENT_BYTES
-from ._streaming import StreamExchange
-from .treq import treq_send
+from ..stream_exchange import StreamExchange
+from ..streamcore import StreamCore
+from ._options import check_count, check_seconds
+from .treq import treq_client, treq_send
 
 
 @implementer(IStreamBackend)
@@ -23,8 +26,9 @@ class TreqStreamBackend:
 
     Events are decoded as fast as bytes arrive; the transport is paused when
     ``high_water`` events are buffered and resumed under ``low_water``.  A
-    consumer that holds the stream paused longer than ``max_pause`` seconds
-    gets ``StreamError(BufferOverflow)``.
+    consumer that goes ``max_pause`` seconds without asking for the next
+    event while the stream holds one for it (or holds the stream paused that
+    long) gets ``StreamError(BufferOverflow)`` and the connection is closed.
     """
 
     name = "treq"
@@ -33,15 +37,16 @@ class TreqStreamBackend:
         self,
         high_water: int = 1000,
         low_water: int = 100,
-        max_pause: float = 30.0,
+        max_pause: float | None = 30.0,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        if not 0 <= low_water < high_water:
-            raise ValueError(f"need 0 <= low_water < high_water, not {low_water}, {high_water}")
+        check_count("high_water", high_water)
+        check_count("low_water", low_water, minimum=0)
+        self._policy = Watermarks(high_water, low_water)
         self.high_water = high_water
         self.low_water = low_water
-        self.max_pause = max_pause
-        self.max_event_bytes = max_event_bytes
+        self.max_pause = check_seconds("max_pause", max_pause, allow_none=True)
+        self.max_event_bytes = check_count("max_event_bytes", max_event_bytes)
 
     def stream(
         self,
@@ -54,23 +59,19 @@ class TreqStreamBackend:
         reactor: Any = None,
     ) -> EventStream:
         reactor = default_reactor(reactor)
-        client = get_transport(reactor).treq if agent is None else HTTPClient(agent)
-        events = EventStream(
-            reactor,
-            request.display_url,
-            timeout,
-            format,
-            strict=False,
-            high_water=self.high_water,
-            low_water=self.low_water,
-            max_pause=self.max_pause,
-            max_event_bytes=self.max_event_bytes,
+        shared = get_shared(reactor)
+        client = treq_client(shared.agent if agent is None else agent)
+        core = StreamCore(
+            reactor, request.display_url, timeout, format, self._policy, self.max_pause, self.max_event_bytes,
+            request.secrets,
         )
-        exchange = StreamExchange(events, reactor, request, connect_timeout, agent is None)
-        return exchange.start(lambda: treq_send(client, request, reactor))
+        StreamExchange(core, reactor, request, connect_timeout, agent is None).start(
+            lambda: treq_send(client, request, reactor), shared.active
+        )
+        return EventStream(core, reactor)
 
     def __repr__(self) -> str:
         return (
             f"TreqStreamBackend(high_water={self.high_water}, low_water={self.low_water}, "
-            f"max_pause={self.max_pause})"
+            f"max_pause={self.max_pause}, max_event_bytes={self.max_event_bytes})"
         )

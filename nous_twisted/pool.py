@@ -1,0 +1,618 @@
+"""The connection pool: a real per-host limit, bounded connects, healthy reuse.
+
+Twisted's ``maxPersistentPerHost`` caps only *idle* connections; beyond it new
+connections open without limit.  :class:`NousConnectionPool` counts every
+connection it has open or is opening per ``(scheme, host, port)`` and makes
+requests over ``max_connections`` wait, in FIFO order, for a connection to
+come back or close.
+
+Reuse is where pools hurt their users, so a connection is checked twice:
+
+- when it comes back (``_putConnection``): one whose transport is aborting or
+  closing is never cached (an in-stream error aborts the connection while the
+  rest of the body is still being parsed, and Twisted then calls it quiescent);
+- when it is handed out (``_pop_cached``): one whose socket is readable (the
+  server closed it, or sent stray bytes) is dropped, as urllib3 and httpx do.
+
+A request that still fails on a reused connection before any response byte is
+sent again, once, on a fresh connection when it provably was not processed:
+it was not completely written, or it carries an ``Idempotency-Key``.
+
+The connect phase of a request (waiting for a slot, DNS, TCP connect, TLS
+handshake) is bounded here, because only the pool sees where it ends.  The
+caller hands its limit over in a :class:`ConnectTicket` through a context
+variable set around ``agent.request()``, which reaches ``getConnection``
+synchronously through Agent, treq and their wrappers.
+
+Response heads are bounded too (:data:`MAX_HEADER_LINE`,
+:data:`MAX_HEADER_BYTES`): Twisted accepts any number of header lines and
+reports a too-long line as a clean close.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import (
+    BODY,
+    HTTP11ClientProtocol,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+    TransportProxyProducer,
+)
+from twisted.web.client import HTTPConnectionPool
+from zope.interface import implementer
+
+from .errors import RequestTimeout, TransportError
+from .settings import PoolSettings
+
+log = Logger(namespace="nous_twisted.pool")
+
+# How long close_all() waits for aborted connections to report closed.
+SHUTDOWN_WAIT = 5.0
+
+# The largest response header line and header block accepted (nginx's
+# large_client_header_buffers and Go's DefaultMaxHeaderBytes are of this size).
+MAX_HEADER_LINE = 64 * 1024
+MAX_HEADER_BYTES = 256 * 1024
+
+
+def _layers(transport: Any) -> Any:
+    """A transport and the transports under it (TLS over TCP)."""
+    seen = 0
+    while transport is not None and seen < 4:
+        yield transport
+        transport = getattr(transport, "transport", None)
+        seen += 1
+
+
+def abort_transport(transport: Any) -> None:
+    """Close a connection at once, never returning it to the pool.
+
+    Accepts a socket or TLS transport, or the ``TransportProxyProducer`` a body
+    protocol is given.  Never ``loseConnection()``: on TLS it waits for
+    close_notify and may hang (twisted#8930).
+    """
+    if transport is None:
+        return
+    inner = transport
+    if isinstance(transport, TransportProxyProducer):
+        inner = transport._producer
+        if inner is None:  # the proxy stopped: the response is already over
+            return
+    if getattr(inner, "_aborted", False) or getattr(inner, "disconnected", False):
+        return
+    abort = getattr(inner, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        inner.stopProducing()
+
+
+def is_closing(transport: Any) -> bool:
+    """True when a connection is aborting, closing or closed, at any layer."""
+    if transport is None:
+        return True
+    for layer in _layers(transport):
+        if getattr(layer, "disconnecting", False) or getattr(layer, "disconnected", False):
+            return True
+        if getattr(layer, "_aborted", False):
+            return True
+    return False
+
+
+def is_readable(transport: Any) -> bool:
+    """True when an idle connection's socket has something to read: the
+    server closed it (EOF) or sent bytes nobody asked for.  Either way it
+    must not carry another request."""
+    for layer in _layers(transport):
+        sock = getattr(layer, "socket", None)
+        if isinstance(sock, socket.socket):
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return True  # bytes, or b"" for EOF
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+    return False
+
+
+class ConnectTicket:
+    """A request's connect limit and the hook that starts its receive phase."""
+
+    __slots__ = ("connect_timeout", "on_connected", "url")
+
+    def __init__(self, connect_timeout: float, on_connected: Callable[[], None], url: str) -> None:
+        self.connect_timeout = connect_timeout
+        self.on_connected = on_connected
+        self.url = url
+
+
+CONNECT_TICKET: contextvars.ContextVar[ConnectTicket | None] = contextvars.ContextVar(
+    "nous_twisted_connect_ticket", default=None
+)
+
+
+def send_with_ticket(
+    send: Callable[[], Deferred[Any]],
+    connect_timeout: float,
+    on_connected: Callable[[], None],
+    url: str,
+    shared_pool: bool,
+) -> Deferred[Any]:
+    """Call ``send()`` (which reaches the pool's getConnection synchronously)
+    with the connect limit handed over; with a caller's own agent the pool is
+    not ours, so the connect phase is taken as over at once.  A synchronous
+    exception becomes a failed Deferred."""
+    try:
+        if not shared_pool:
+            on_connected()
+            return send()
+        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url))
+        try:
+            return send()
+        finally:
+            CONNECT_TICKET.reset(token)
+    except Exception:
+        return fail()
+
+
+class _Slot:
+    """One connection's place in its host's limit; released exactly once."""
+
+    __slots__ = ("key", "pool", "protocol", "released")
+
+    def __init__(self, pool: NousConnectionPool, key: Hashable) -> None:
+        self.pool = pool
+        self.key = key
+        self.protocol: _PooledProtocol | None = None
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.pool._slot_released(self)
+
+
+@implementer(IHandshakeListener)
+class _PooledProtocol(HTTP11ClientProtocol):
+    """HTTP11ClientProtocol that tells the pool when it closes and when its
+    TLS handshake completes, and bounds the response head."""
+
+    _slot: _Slot
+    _handshake: Deferred[_PooledProtocol] | None = None
+    _handshake_done = False
+    _lost: Deferred[None] | None = None
+    _head_bytes = 0
+    _head_error: TransportError | None = None
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
+        d, self._handshake = self._handshake, None
+        if d is not None:
+            d.callback(self)
+
+    def when_handshake_done(self) -> Deferred[_PooledProtocol]:
+        if self._handshake_done:
+            return succeed(self)
+
+        def cancel(_: Deferred[_PooledProtocol]) -> None:
+            abort_transport(self.transport)
+
+        self._handshake = Deferred(cancel)
+        return self._handshake
+
+    def when_closed(self) -> Deferred[None]:
+        if self._slot.released:
+            return succeed(None)
+        if self._lost is None:
+            self._lost = Deferred()
+        return self._lost
+
+    # -- the response head's limits -------------------------------------------
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d: Deferred[Any] = super().request(request)
+        parser = self._parser
+        if parser is not None:
+            self._head_bytes = 0
+            parser.MAX_LENGTH = MAX_HEADER_LINE
+            parser.lineLengthExceeded = self._line_too_long
+        return d
+
+    def _line_too_long(self, line: bytes) -> None:
+        self._head_failed(
+            f"the server sent a response header line of over {MAX_HEADER_LINE} bytes "
+            "(a broken server or proxy)"
+        )
+
+    def _head_failed(self, message: str) -> None:
+        if self._head_error is None:
+            self._head_error = TransportError(message)
+            abort_transport(self.transport)
+
+    def dataReceived(self, bytes: bytes) -> None:
+        parser = self._parser
+        if parser is None or parser.state == BODY or self._head_error is not None:
+            super().dataReceived(bytes)  # type: ignore[no-untyped-call]
+            return
+        self._head_bytes += len(bytes)
+        super().dataReceived(bytes)  # type: ignore[no-untyped-call]
+        parser = self._parser
+        if parser is not None and parser.state != BODY and self._head_bytes > MAX_HEADER_BYTES:
+            self._head_failed(
+                f"the server sent over {MAX_HEADER_BYTES} bytes of response headers "
+                "(a broken server or proxy)"
+            )
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._head_error is not None:
+            reason = Failure(self._head_error)
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        finally:
+            self._slot.release()
+            d, self._handshake = self._handshake, None
+            if d is not None and not d.called:
+                d.errback(reason)
+            lost, self._lost = self._lost, None
+            if lost is not None:
+                lost.callback(None)
+
+
+class _PooledFactory(Factory):
+    def __init__(self, slot: _Slot, quiescent: Callable[[HTTP11ClientProtocol], None]) -> None:
+        self._slot = slot
+        self._quiescent = quiescent
+
+    def buildProtocol(self, addr: Any) -> _PooledProtocol:
+        p = _PooledProtocol(self._quiescent)  # type: ignore[no-untyped-call]
+        p._slot = self._slot
+        self._slot.protocol = p
+        return p
+
+
+class _ReusedConnection:
+    """A cached connection handed out again: a request that fails on it
+    before any response byte is sent once more on a fresh connection, when
+    it provably was not processed (Go net/http's rule)."""
+
+    def __init__(self, protocol: HTTP11ClientProtocol, fresh: Callable[[], Deferred[Any]]) -> None:
+        self._protocol = protocol
+        self._fresh = fresh
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._protocol.request(request)
+
+        def failed(reason: Failure) -> Any:
+            if _safe_to_resend(reason.value, request):
+                log.debug("resending a request that failed on a reused connection")
+                return self._fresh().addCallback(lambda connection: connection.request(request))
+            return reason
+
+        return d.addErrback(failed)
+
+
+def _safe_to_resend(exc: BaseException, request: Any) -> bool:
+    if not isinstance(exc, (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)):
+        return False
+    for r in getattr(exc, "reasons", ()):
+        if r.check(CancelledError) or isinstance(r.value, TransportError):
+            return False
+    if isinstance(exc, (RequestNotSent, RequestTransmissionFailed)):
+        return True  # never completely written: the server cannot have acted on it
+    return request.headers.hasHeader(b"idempotency-key")  # type: ignore[no-any-return]
+
+
+class _Attempt:
+    """Where a request's connect phase stands, to say which step timed out."""
+
+    __slots__ = ("step",)
+
+    def __init__(self) -> None:
+        self.step = "pool"
+
+
+class _Waiter:
+    """A request queued for a slot.  Cancelling it marks it; the queue skips
+    marked waiters, so a cancel is O(1) however long the queue."""
+
+    __slots__ = ("attempt", "cancelled", "d", "endpoint", "inner", "key", "pool")
+
+    def __init__(
+        self, pool: NousConnectionPool, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt
+    ) -> None:
+        self.pool = pool
+        self.key = key
+        self.endpoint = endpoint
+        self.attempt = attempt
+        self.inner: Deferred[Any] | None = None
+        self.cancelled = False
+        self.d: Deferred[Any] = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred[Any]) -> None:
+        if self.inner is not None:
+            self.inner.cancel()
+        elif not self.cancelled:
+            self.cancelled = True
+            self.pool._waiter_cancelled(self.key)
+
+    def serve(self, inner: Deferred[Any]) -> None:
+        self.inner = inner
+        inner.addBoth(self._fire)
+
+    def _fire(self, result: Any) -> None:
+        if not self.d.called:
+            self.d.callback(result)
+        # else: the wait was cancelled, and cancelling ``inner`` made this failure
+
+
+class NousConnectionPool(HTTPConnectionPool):
+    """HTTPConnectionPool with a per-host connection limit, bounded connects
+    and checked reuse."""
+
+    # Twisted's own retry (idempotent methods only) is replaced by
+    # _ReusedConnection's, which knows when a POST is safe to send again.
+    retryAutomatically = False
+
+    def __init__(self, reactor: Any, settings: PoolSettings) -> None:
+        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        self._slots: dict[Hashable, set[_Slot]] = {}
+        self._waiters: dict[Hashable, deque[_Waiter]] = {}
+        self._waiting: dict[Hashable, int] = {}  # live (not cancelled) waiters per key
+        #: queue entries skipped because their request was cancelled (for tests)
+        self.cancelled_skipped = 0
+        self.apply(settings)
+
+    # -- settings ---------------------------------------------------------
+
+    def apply(self, settings: PoolSettings) -> None:
+        """Take new settings now: limits, and the idle timeout of cached connections."""
+        self.max_connections = settings.max_connections
+        self.maxPersistentPerHost = settings.max_connections
+        # Twisted declares this an int but only ever passes it to callLater.
+        self.cachedConnectionTimeout = settings.timeout / 1000.0  # type: ignore[assignment]
+        for key, conns in list(self._connections.items()):
+            while len(conns) > self.maxPersistentPerHost:
+                self._removeConnection(key, conns[0])
+            for conn in conns:
+                call = self._timeouts.get(conn)
+                if call is not None and call.active():
+                    call.reset(self.cachedConnectionTimeout)
+        for key in list(self._waiters):
+            self._serve_waiters(key)
+
+    # -- counting ------------------------------------------------------------
+
+    def open_connections(self, key: Hashable | None = None) -> int:
+        """Connections open or opening, for one key or in all."""
+        if key is not None:
+            return len(self._slots.get(key, ()))
+        return sum(len(s) for s in self._slots.values())
+
+    def idle_connections(self, key: Hashable | None = None) -> int:
+        """Connections cached for reuse, for one key or in all."""
+        if key is not None:
+            return len(self._connections.get(key, ()))
+        return sum(len(c) for c in self._connections.values())
+
+    def waiting(self, key: Hashable | None = None) -> int:
+        """Requests waiting for a connection, for one key or in all."""
+        if key is not None:
+            return self._waiting.get(key, 0)
+        return sum(self._waiting.values())
+
+    def _slot_released(self, slot: _Slot) -> None:
+        slots = self._slots.get(slot.key)
+        if slots is not None:
+            slots.discard(slot)
+            if not slots:
+                del self._slots[slot.key]
+        if slot.key in self._waiters:
+            self._serve_waiters(slot.key)
+
+    # -- getting a connection ---------------------------------------------
+
+    def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        ticket = CONNECT_TICKET.get()
+        attempt = _Attempt()
+        d = self._acquire(key, endpoint, attempt)
+        if ticket is None:
+            return d
+        if not d.called:
+            limit = ticket.connect_timeout
+            url = ticket.url
+
+            def timed_out(result: Any, timeout: float) -> Any:
+                # Whatever the cancelled step failed with (CancelledError,
+                # ConnectingCancelledError, DNSLookupError...), it timed out.
+                if isinstance(result, Failure):
+                    return Failure(RequestTimeout("connect", limit, url, step=attempt.step))
+                return result
+
+            d.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
+        on_connected = ticket.on_connected
+
+        def connected(proto: Any) -> Any:
+            on_connected()
+            return proto
+
+        return d.addCallback(connected)
+
+    def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Any:
+        """A healthy idle connection for ``key``, wrapped for a safe resend, or None."""
+        connections = self._connections.get(key)
+        while connections:
+            connection = connections.pop(0)
+            self._timeouts.pop(connection).cancel()
+            transport = connection.transport
+            if connection.state != "QUIESCENT" or is_closing(transport) or is_readable(transport):
+                abort_transport(transport)
+                continue
+            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint, _Attempt()))
+        return None
+
+    def _acquire(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
+        cached = self._pop_cached(key, endpoint)
+        if cached is not None:
+            return succeed(cached)
+        if not self._waiting.get(key) and self.open_connections(key) < self.max_connections:
+            return self._newConnection(key, endpoint, attempt)
+        waiter = _Waiter(self, key, endpoint, attempt)
+        self._waiters.setdefault(key, deque()).append(waiter)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        return waiter.d
+
+    def _waiter_cancelled(self, key: Hashable) -> None:
+        left = self._waiting.get(key, 0) - 1
+        if left > 0:
+            self._waiting[key] = left
+        else:
+            # Nobody live is waiting: drop the marked entries at once.
+            self._waiting.pop(key, None)
+            queue = self._waiters.pop(key, None)
+            if queue is not None:
+                self.cancelled_skipped += len(queue)
+
+    def _next_waiter(self, queue: deque[_Waiter]) -> _Waiter | None:
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.cancelled:
+                return waiter
+            self.cancelled_skipped += 1
+        return None
+
+    def _serve_waiters(self, key: Hashable) -> None:
+        queue = self._waiters.get(key)
+        while queue and self._waiting.get(key):
+            waiter = self._next_waiter(queue)
+            if waiter is None:
+                break
+            cached = self._pop_cached(key, waiter.endpoint)
+            if cached is None and self.open_connections(key) >= self.max_connections:
+                queue.appendleft(waiter)
+                break
+            self._waiting[key] -= 1
+            if cached is not None:
+                waiter.serve(succeed(cached))
+            else:
+                waiter.serve(self._newConnection(key, waiter.endpoint, waiter.attempt))
+        if not self._waiting.get(key):
+            self._waiting.pop(key, None)
+            queue = self._waiters.pop(key, None)
+            if queue:
+                self.cancelled_skipped += len(queue)
+
+    def _newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
+        slot = _Slot(self, key)
+        self._slots.setdefault(key, set()).add(slot)
+        attempt.step = "dns"
+
+        def quiescent(protocol: HTTP11ClientProtocol) -> None:
+            self._putConnection(key, protocol)
+
+        d: Deferred[Any] = endpoint.connect(_PooledFactory(slot, quiescent))
+
+        def tcp_step(failure: Failure) -> Failure:
+            # HostnameEndpoint reports a cancel during resolution as a
+            # DNSLookupError, and one during the TCP attempts otherwise.
+            if attempt.step == "dns" and not failure.check(ierror.DNSLookupError):
+                attempt.step = "tcp"
+            return failure
+
+        d.addErrback(tcp_step)
+        if key[0] == b"https":  # type: ignore[index]
+
+            def handshake(proto: _PooledProtocol) -> Deferred[_PooledProtocol]:
+                attempt.step = "tls"
+                return proto.when_handshake_done()
+
+            d.addCallback(handshake)
+
+        def failed(f: Failure) -> Failure:
+            # Once a protocol exists its connectionLost releases the slot, after
+            # the socket is really closed; before that, release it here.
+            if slot.protocol is None:
+                slot.release()
+            elif not slot.released:
+                abort_transport(slot.protocol.transport)
+            return f
+
+        return d.addErrback(failed)
+
+    # -- returning and dropping connections -------------------------------
+
+    def _putConnection(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
+        if is_closing(connection.transport):
+            # Aborted while its last response was still being parsed (an
+            # in-stream error, then the chunk terminator in the same read):
+            # Twisted calls it quiescent, but it is on its way out.
+            return
+        super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
+        if key in self._waiters:
+            # Not now: the quiescent callback runs before the protocol has
+            # finished with the previous response.
+            self._reactor.callLater(0, self._serve_waiters, key)
+
+    def _removeConnection(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
+        # Abort rather than loseConnection: an idle TLS connection waiting for
+        # close_notify may never close (twisted#8930), holding its slot.
+        self._connections[key].remove(connection)
+        call = self._timeouts.pop(connection)
+        if call.active():  # not when this is the idle timer firing
+            call.cancel()
+        abort_transport(connection.transport)
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (their TLS trust roots changed, say)."""
+        for key, conns in list(self._connections.items()):
+            for conn in list(conns):
+                self._removeConnection(key, conn)
+
+    def close_all(self, wait: float = SHUTDOWN_WAIT) -> Deferred[None]:
+        """Abort every connection, idle or busy, and every waiting request;
+        fires when all have closed or ``wait`` seconds have passed."""
+        waiters = [w for queue in self._waiters.values() for w in queue if not w.cancelled]
+        self._waiters.clear()
+        self._waiting.clear()
+        for waiter in waiters:
+            waiter.d.cancel()
+        for conns in self._connections.values():
+            for conn in conns:
+                self._timeouts.pop(conn).cancel()
+        self._connections = {}
+        closed: list[Deferred[None]] = []
+        for slots in list(self._slots.values()):
+            for slot in list(slots):
+                proto = slot.protocol
+                if proto is not None and proto.transport is not None:
+                    closed.append(proto.when_closed())
+                    abort_transport(proto.transport)
+        done: Deferred[Any] = DeferredList(closed, consumeErrors=True)
+        done.addTimeout(wait, self._reactor)
+
+        def late(_: Failure) -> None:
+            log.warn("shutdown: connections still open after {wait} s", wait=wait)
+
+        return done.addCallbacks(lambda _: None, late)
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        return self.close_all()
+
+
+__all__ = ["NousConnectionPool", "abort_transport", "send_with_ticket"]
