@@ -3,6 +3,25 @@
 Every failure the library reports is a :class:`NousHTTPError`.  Messages name
 what went wrong and how to fix it; they never carry header values or query
 strings, which is where API keys live.
+
+The hierarchy::
+
+    Exception
+     └── NousHTTPError
+          ├── BackendConfigError      (also a ValueError)
+          ├── HTTPStatusError         (non-2xx; per-status subclasses subclass it)
+          ├── TransportError
+          │    ├── ConnectError
+          │    ├── TLSError
+          │    ├── RequestTimeout
+          │    └── StreamTruncated
+          ├── DecodeError
+          ├── BufferOverflow
+          └── ProviderError
+
+Every error survives ``pickle`` and ``copy`` with its attributes (they cross
+process boundaries in multiprocessing, Celery and Scrapy pipelines): see
+:meth:`NousHTTPError.__reduce__`.
 """
 
 from __future__ import annotations
@@ -24,6 +43,21 @@ class NousHTTPError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # urllib3's exceptions give __reduce__ to the errors whose
+        # constructors take more than the message.  Here the rebuild skips
+        # __init__ altogether and restores args and attributes, so every
+        # subclass round-trips, whatever its constructor, without its own.
+        return _rebuild, (type(self), self.args), self.__dict__.copy()
+
+
+def _rebuild(cls: type[NousHTTPError], args: tuple[Any, ...]) -> NousHTTPError:
+    """An error of class ``cls`` with ``args``, its ``__init__`` not run:
+    pickle then restores the attributes from the state."""
+    err = cls.__new__(cls)
+    err.args = args
+    return err
+
 
 class BackendConfigError(NousHTTPError, ValueError):
     """A backend setting names nothing usable.
@@ -43,7 +77,9 @@ class HTTPStatusError(NousHTTPError):
     """The server answered with a status outside 2xx (redirects are not followed).
 
     :ivar status: the HTTP status code.
-    :ivar body: the decoded JSON body when it parses, else the body as text.
+    :ivar body: the decoded JSON body when it parses, else the body as text;
+        a value of the request's own (a key the server echoed) is replaced
+        by ``[redacted]``.
     :ivar headers: the response headers, lower-case names, repeated values
         joined with ``", "``.
     :ivar request_id: the provider's request id (``x-request-id`` or
@@ -112,25 +148,47 @@ class TLSError(TransportError):
 class RequestTimeout(TransportError):
     """A timeout expired.
 
-    :ivar phase: ``"connect"`` (connect, TLS handshake, waiting for a pool
-        slot), ``"receive"`` (the whole response of ``post``) or ``"idle"``
-        (the gap between two stream events).
+    :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake, or waiting
+        for a pool slot where no ``pool_timeout`` applies), ``"pool"``
+        (waiting for a free pool connection, over ``pool_timeout``),
+        ``"receive"`` (the whole response of ``post``) or ``"idle"`` (the gap
+        between two stream events).
     :ivar timeout: the limit that expired, in seconds.
+    :ivar step: within the connect phase, the step that ran out: ``"dns"``,
+        ``"tcp"``, ``"tls"`` or ``"pool"``; None when not known.
     """
 
-    def __init__(self, phase: str, timeout: float, url: str = "") -> None:
+    def __init__(self, phase: str, timeout: float, url: str = "", step: str | None = None) -> None:
         self.phase = phase
         self.timeout = timeout
+        self.step = step
         where = f" for {url}" if url else ""
-        hint = {
-            "connect": "raise connect_timeout, or check that the host is reachable "
-            "and the pool (PoolSettings.max_connections) is not saturated",
-            "receive": "raise timeout= if the model needs longer to answer",
-            "idle": "raise timeout= (the idle limit between two stream events)",
-        }.get(phase, "")
-        super().__init__(
-            f"{phase} timeout after {timeout:g} s{where}" + (f"; {hint}" if hint else "")
-        )
+        during = f" {_STEPS[step]}" if step in _STEPS else (f" during {step}" if step else "")
+        hint = _STEP_HINTS.get(step or "", "") if phase == "connect" else ""
+        hint = hint or _PHASE_HINTS.get(phase, "")
+        super().__init__(f"{phase} timeout after {timeout:g} s{where}{during}" + (f"; {hint}" if hint else ""))
+
+
+_STEPS = {
+    "dns": "during the DNS lookup",
+    "tcp": "during the TCP connect",
+    "tls": "during the TLS handshake",
+    "pool": "while waiting for a free pool connection",
+}
+_POOL_HINT = "raise pool_timeout or PoolSettings.max_connections"
+_STEP_HINTS = {
+    "dns": "raise connect_timeout, or check the DNS resolver",
+    "tcp": "raise connect_timeout, or check that the host is reachable (firewall, proxy, port)",
+    "tls": "raise connect_timeout, or check that the port speaks TLS",
+    "pool": _POOL_HINT,
+}
+_PHASE_HINTS = {
+    "connect": "raise connect_timeout, or check that the host is reachable "
+    "and the pool (PoolSettings.max_connections) is not saturated",
+    "pool": f"waiting for a free pool connection: {_POOL_HINT}",
+    "receive": "raise timeout= if the model needs longer to answer",
+    "idle": "raise timeout= (the idle limit between two stream events)",
+}
 
 
 class StreamTruncated(TransportError):
@@ -139,9 +197,11 @@ class StreamTruncated(TransportError):
 
 
 class DecodeError(NousHTTPError):
-    """A 2xx body that is not JSON.
+    """A 2xx body that cannot be decoded: not JSON, not UTF-8, or compressed
+    in a way that does not decode.
 
-    :ivar raw: the raw body bytes.
+    :ivar raw: the raw body bytes (or their first part), the request's own
+        secrets replaced by ``[redacted]``.
     """
 
     def __init__(self, message: str, raw: bytes) -> None:

@@ -113,9 +113,43 @@ def _google_retry_delay(body: Any) -> float | None:
     return None
 
 
-def status_error(status: int, headers: Headers, body: bytes, url: str) -> HTTPStatusError:
-    """The HTTPStatusError for a non-2xx response; logs it."""
-    hd = header_dict(headers)
+REDACTED = b"[redacted]"
+
+
+def redact(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` with every occurrence of each secret replaced by
+    ``[redacted]``; ``secrets`` longest first (as ``HTTPRequest.secrets``
+    is), so a whole ``Bearer X`` goes before ``X`` alone.  One ``in`` test
+    per secret when nothing matches, the common case."""
+    for s in secrets:
+        if s in data:
+            data = data.replace(s, REDACTED)
+    return data
+
+
+def _redact_headers(hd: dict[str, str], secrets: tuple[bytes, ...]) -> dict[str, str]:
+    if not secrets:
+        return hd
+    out = {}
+    for name, value in hd.items():
+        raw = value.encode("latin-1")
+        clean = redact(raw, secrets)
+        out[name] = value if clean is raw else clean.decode("latin-1")
+    return out
+
+
+def status_error(
+    status: int, headers: Headers, body: bytes, url: str, secrets: tuple[bytes, ...] = ()
+) -> HTTPStatusError:
+    """The HTTPStatusError for a non-2xx response; logs it at debug (the
+    caller receives it and decides whether it is worth more).
+
+    ``secrets`` (``HTTPRequest.secrets``) are replaced by ``[redacted]`` in
+    the body bytes before anything is decoded, so neither the error's
+    message nor its ``body`` nor the log line carries a key the server
+    echoed (a 401 quoting the key it refused)."""
+    body = redact(body, secrets)
+    hd = _redact_headers(header_dict(headers), secrets)
     decoded = decode_error_body(body)
     err = HTTPStatusError(
         status,
@@ -125,7 +159,7 @@ def status_error(status: int, headers: Headers, body: bytes, url: str) -> HTTPSt
         parse_retry_after(hd, decoded),
         url,
     )
-    log.warn(
+    log.debug(
         "POST {url} failed: HTTP {status}: {body}",
         url=url,
         status=status,
@@ -134,25 +168,32 @@ def status_error(status: int, headers: Headers, body: bytes, url: str) -> HTTPSt
     return err
 
 
-def to_value(raw: RawResponse, url: str) -> Any:
-    """The decoded JSON of a 2xx response; raise the typed error otherwise."""
+def to_value(raw: RawResponse, url: str, secrets: tuple[bytes, ...] = ()) -> Any:
+    """The decoded JSON of a 2xx response; raise the typed error otherwise
+    (see :func:`status_error` for ``secrets``)."""
     status = raw.status
     if not 200 <= status < 300:
-        raise status_error(status, raw.headers, raw.body, url)
+        raise status_error(status, raw.headers, raw.body, url, secrets)
     body = raw.body
     if not body or body.isspace():
         return {}
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        log.warn(
-            "POST {url}: HTTP {status} body is not JSON ({error}): {body}",
-            url=url,
-            status=status,
-            error=str(e),
-            body=body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"),
-        )
-        raise DecodeError(
-            f"HTTP {status} from {url}: the body is not JSON ({e}); the raw bytes are in .raw",
-            body,
-        ) from None
+        error = str(e)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as u:
+        # orjson says "surrogates not allowed" or the like: name the real fault.
+        problem = f"the body is not valid UTF-8 (byte 0x{body[u.start]:02x} at offset {u.start})"
+    else:
+        problem = f"the body is not JSON ({error})"
+    body = redact(body, secrets)
+    log.debug(
+        "POST {url}: HTTP {status}: {problem}: {body}",
+        url=url,
+        status=status,
+        problem=problem,
+        body=body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"),
+    )
+    raise DecodeError(f"HTTP {status} from {url}: {problem}; the raw bytes are in .raw", body)
