@@ -42,12 +42,13 @@ class EventStream:
     ``status`` and ``headers`` are set once the response headers arrive.
     """
 
-    __slots__ = ("_core", "_mode", "__weakref__")
+    __slots__ = ("_core", "_mode", "_finalizer", "__weakref__")
 
     def __init__(self, core: StreamCore, reactor: Any) -> None:
         self._core = core
         self._mode: str | None = None
-        weakref.finalize(self, _abandoned, reactor, core).atexit = False
+        self._finalizer = weakref.finalize(self, _abandoned, reactor, core)
+        self._finalizer.atexit = False
 
     def __repr__(self) -> str:
         state = "done" if self._core.done else "open"
@@ -141,6 +142,9 @@ class EventStream:
         the Deferred fails with that error.  Cancelling it cancels the stream.
         """
         self._set_mode("consume")
+        # consume() drives the stream to its end by itself: dropping the
+        # handle now is fine, and cancelling the Deferred is how to stop it.
+        self._finalizer.detach()
         return _Consumer(self._core, on_event).start()
 
     def _set_mode(self, mode: str) -> None:

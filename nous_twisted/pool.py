@@ -229,7 +229,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
         if parser is not None:
             self._head_bytes = 0
             parser.MAX_LENGTH = MAX_HEADER_LINE
-            parser.lineLengthExceeded = self._line_too_long
+            parser.lineLengthExceeded = self._line_too_long  # type: ignore[method-assign]
         return d
 
     def _line_too_long(self, line: bytes) -> None:
@@ -300,7 +300,7 @@ class _ReusedConnection:
         d: Deferred[Any] = self._protocol.request(request)
 
         def failed(reason: Failure) -> Any:
-            if _safe_to_resend(reason.value, request):
+            if reason.value is not None and _safe_to_resend(reason.value, request):
                 log.debug("resending a request that failed on a reused connection")
                 return self._fresh().addCallback(lambda connection: connection.request(request))
             return reason
@@ -464,7 +464,7 @@ class NousConnectionPool(HTTPConnectionPool):
             if connection.state != "QUIESCENT" or is_closing(transport) or is_readable(transport):
                 abort_transport(transport)
                 continue
-            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint, _Attempt()))
+            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint))
         return None
 
     def _acquire(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
@@ -472,7 +472,7 @@ class NousConnectionPool(HTTPConnectionPool):
         if cached is not None:
             return succeed(cached)
         if not self._waiting.get(key) and self.open_connections(key) < self.max_connections:
-            return self._newConnection(key, endpoint, attempt)
+            return self._open(key, endpoint, attempt)
         waiter = _Waiter(self, key, endpoint, attempt)
         self._waiters.setdefault(key, deque()).append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
@@ -511,14 +511,17 @@ class NousConnectionPool(HTTPConnectionPool):
             if cached is not None:
                 waiter.serve(succeed(cached))
             else:
-                waiter.serve(self._newConnection(key, waiter.endpoint, waiter.attempt))
+                waiter.serve(self._open(key, waiter.endpoint, waiter.attempt))
         if not self._waiting.get(key):
             self._waiting.pop(key, None)
             queue = self._waiters.pop(key, None)
             if queue:
                 self.cancelled_skipped += len(queue)
 
-    def _newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
+    def _newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        return self._open(key, endpoint, _Attempt())
+
+    def _open(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
         slot = _Slot(self, key)
         self._slots.setdefault(key, set()).add(slot)
         attempt.step = "dns"

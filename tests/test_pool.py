@@ -8,7 +8,7 @@ from twisted.internet.defer import gatherResults
 
 import nous_twisted
 from nous_twisted import PoolSettings, post
-from nous_twisted.pool import get_transport
+from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer, Fault
 
 from .helpers import sleep, wait_for
@@ -31,8 +31,8 @@ async def test_max_connections_is_a_real_per_host_cap_fifo() -> None:
             for i in range(32)
         ]
         # Requests over the cap are queued, not connected.
-        assert get_transport().pool.open_connections() <= 4
-        assert get_transport().pool.waiting() == 28
+        assert get_shared().pool.open_connections() <= 4
+        assert get_shared().pool.waiting() == 28
         results = await gatherResults(calls)
         assert results == list(range(32))
         assert server.max_open_connections == 4
@@ -63,7 +63,7 @@ async def test_idle_keepalive_timeout_closes_cached_connection() -> None:
         await sleep(0.05)
         assert server.open_connections == 1  # still cached
         await wait_for(lambda: server.open_connections == 0, timeout=2.0)
-        assert get_transport().pool.open_connections() == 0
+        assert get_shared().pool.open_connections() == 0
         await post(server.chat_url, CHAT)
         assert server.connections_made == 2
 
@@ -72,7 +72,7 @@ async def test_idle_keepalive_timeout_closes_cached_connection() -> None:
 async def test_configure_applies_to_the_live_pool_at_once() -> None:
     async with FakeLLMServer(reply_tokens=3, token_delay=0.02) as server:
         await post(server.chat_url, CHAT)  # the pool now exists
-        pool = get_transport().pool
+        pool = get_shared().pool
         nous_twisted.configure(pool=PoolSettings(max_connections=2, timeout=100))
         assert pool.max_connections == 2
         await gatherResults([post(server.chat_url, CHAT) for _ in range(6)])
@@ -90,7 +90,7 @@ async def test_raising_the_limit_releases_waiters() -> None:
         for c in calls:
             c.addErrback(lambda f: None)
         await wait_for(lambda: len(server.requests) == 1)
-        assert get_transport().pool.waiting() == 2
+        assert get_shared().pool.waiting() == 2
         nous_twisted.configure(pool=PoolSettings(max_connections=3))
         await wait_for(lambda: len(server.requests) == 3)
         assert server.max_open_connections == 3
@@ -107,11 +107,11 @@ async def test_shutdown_aborts_everything_and_a_new_pool_follows() -> None:
         await wait_for(lambda: len(server.requests) == 1)
         await post(server.chat_url, CHAT)  # a second, idle cached connection
         assert server.open_connections == 2
-        old = get_transport()
+        old = get_shared()
         await nous_twisted.shutdown()
         await wait_for(lambda: server.open_connections == 0, timeout=1.0)
         assert failures, "the in-flight request must fail, not hang"
-        assert get_transport() is not old
+        assert get_shared() is not old
         assert (await post(server.chat_url, CHAT))["object"] == "chat.completion"
 
 

@@ -23,7 +23,7 @@ from nous_twisted import (
     TLSError,
     post,
 )
-from nous_twisted.pool import get_transport
+from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer, Fault
 
 from .conftest import BACKENDS, server_tls_options
@@ -141,7 +141,7 @@ async def test_refused_connection_is_connect_error(backend: str) -> None:
     with pytest.raises(ConnectError) as info:
         await post(url, CHAT, backend=backend)
     assert "refused" in str(info.value)
-    assert get_transport().pool.open_connections() == 0
+    assert get_shared().pool.open_connections() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -203,7 +203,7 @@ async def test_tls_handshake_that_never_completes_is_connect_timeout(backend: st
             await post(url, CHAT, backend=backend, connect_timeout=0.3, timeout=30)
         assert info.value.phase == "connect"
         await wait_for(lambda: silent.open == 0)
-        await wait_for(lambda: get_transport().pool.open_connections() == 0)
+        await wait_for(lambda: get_shared().pool.open_connections() == 0)
     finally:
         await silent.stop()
 
@@ -241,7 +241,7 @@ async def test_cancel_aborts_connection_and_frees_slot(fake: FakeLLMServer, back
     with pytest.raises(CancelledError):
         await d
     await wait_for(lambda: fake.open_connections == 0, timeout=1.0)
-    assert get_transport().pool.open_connections() == 0
+    assert get_shared().pool.open_connections() == 0
     reply = await post(fake.chat_url, CHAT, backend=backend)
     assert reply["object"] == "chat.completion"
     assert fake.connections_made == 2  # the aborted connection was not reused
@@ -286,7 +286,7 @@ async def test_agent_override_bypasses_shared_pool(fake: FakeLLMServer, backend:
     reply = await post(fake.chat_url, CHAT, backend=backend, agent=agent)
     assert reply["object"] == "chat.completion"
     assert calls and calls[0].endswith(b"/v1/chat/completions")
-    assert get_transport().pool.open_connections() == 0  # the shared pool was not used
+    assert get_shared().pool.open_connections() == 0  # the shared pool was not used
 
 
 @pytest_twisted.ensureDeferred

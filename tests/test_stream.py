@@ -24,7 +24,7 @@ from nous_twisted import (
     TreqStreamBackend,
     stream,
 )
-from nous_twisted.pool import get_transport
+from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer, Fault, reply_tokens
 
 from .helpers import ScriptedSite, get_reactor, refused_url, sleep, wait_for
@@ -253,7 +253,7 @@ async def test_cancel_aborts_connection(backend: str) -> None:
                 s.cancel()
         assert events[-1] == StreamDone("cancelled") and len(events) == 4
         await wait_for(lambda: server.open_connections == 0, timeout=1.0)
-        assert get_transport().pool.open_connections() == 0
+        assert get_shared().pool.open_connections() == 0
         await collect(server.chat_url, {"model": "m", "stream": True, "max_tokens": 2}, backend=backend)
         assert server.connections_made == 2  # the cancelled connection was never reused
 

@@ -15,7 +15,7 @@ from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar  # type: ignore[attr-defined]
+from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
