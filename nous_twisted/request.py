@@ -310,6 +310,9 @@ def _wire_bytes(p: _Parts) -> bytes:
         host = idna.encode(p.host, uts46=True).decode("ascii")
     port = "" if p.port is None else f":{p.port}"
     tail = p.tail if p.tail.isascii() else quote(p.tail, safe=_ASCII_SAFE)
+    if tail and tail[0] != "/":
+        # Twisted's URI.originForm would send "POST ?x=1 HTTP/1.1".
+        tail = "/" + tail
     return f"{p.scheme}://{host}{port}{tail}".encode("ascii")
 
 

@@ -22,7 +22,11 @@ SECRET = "sk-live-0123456789SECRET"
         (None, TypeError, "url must be a str"),
         ("ftp://x/y", ValueError, "only 'http' and 'https'"),
         ("http:///path", ValueError, "has no host"),
-        ("http://x:99999/", ValueError, "not a valid URL"),
+        ("http://x:99999/", ValueError, "outside 1-65535"),
+        ("http://x:/y", ValueError, "empty port"),
+        ("http://a..b/y", ValueError, "not a valid host name"),
+        ("http://user:pass@x/y", ValueError, "put them in a header"),
+        ("api.openai.com/v1", ValueError, "has no scheme; start it with https://"),
         ("http://x/a b", ValueError, "whitespace"),
         ("http://x/a\r\nInjected: 1", ValueError, "control characters"),
     ],
@@ -57,6 +61,11 @@ def test_bad_bodies(body: Any, exc: type, match: str) -> None:
         ({"Authorization": f"Bearer {SECRET}\r\nX-Evil: 1"}, ValueError, "CR, LF or NUL"),
         ({"Authorization": f"Bearer {SECRET}\n"}, ValueError, "CR, LF or NUL"),
         ({"Authorization": f"Bearer {SECRET}\u20ac"}, ValueError, "Latin-1"),
+        ({"Authorization": f"Bearer {SECRET}\x01"}, ValueError, "control character"),
+        ({"Authorization": f"Bearer {SECRET}\x7f"}, ValueError, "control character"),
+        ({"Content-Length": "0"}, ValueError, "'Content-Length' is refused"),
+        ([("transfer-encoding", "chunked")], ValueError, "'transfer-encoding' is refused"),
+        ({"Connection": "close"}, ValueError, "'Connection' is refused"),
     ],
 )
 def test_bad_headers_never_echo_values(headers: Any, exc: type, match: str) -> None:
@@ -82,10 +91,12 @@ def test_bad_options(kw: dict[str, Any], exc: type, match: str) -> None:
 
 
 def test_request_repr_redacts_secrets_and_query() -> None:
+    # Only an allowlist of harmless headers is shown (tests/test_request.py has the full table).
     req = prepare(URL + "?key=GOOGLEKEY", {"a": 1}, {"Authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "X-Trace": "t1"})
     text = repr(req)
     assert SECRET not in text and "GOOGLEKEY" not in text
-    assert "<redacted>" in text and "X-Trace: t1" in text
+    assert "Authorization: <redacted>" in text and "X-Trace: <redacted>" in text
+    assert "content-type: application/json" in text
 
 
 def test_prepare_adds_content_type_once() -> None:
