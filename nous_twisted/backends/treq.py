@@ -98,7 +98,7 @@ def treq_send(client: HTTPClient, request: HTTPRequest, reactor: Any) -> Deferre
         headers.setRawHeaders(b"x-nous-twisted-accept-encoding", accept)
     d: Deferred[Any] = client.request(
         "POST",
-        request.url,
+        request.treq_url(),
         headers=headers,
         data=BytesProducer(request.body),
         allow_redirects=False,
