@@ -289,7 +289,6 @@ def _one_request(server: FaultServer, where: str) -> None:
 
 
 def build_cells() -> list[Cell]:
-    stream_ok = [write(head() + chunk(SSE) + LAST_CHUNK)]
     cells = [
         Cell("refused", None, None, error(E(ConnectError)), events(E(ConnectError)), refused=True),
         Cell("close_before_headers", [CLOSE], [CLOSE],
