@@ -238,3 +238,65 @@ class FloodServer:
             if c.transport is not None and not c.closed:
                 c.transport.abortConnection()
         await self.port.stopListening()
+
+
+def pool_counts(reactor: Any = None) -> tuple[int, int, int]:
+    """(open, idle, waiting) of the shared pool of ``reactor`` (default: the running one).
+
+    The one place that knows where the pool lives: the per-reactor bundle is
+    moving from ``nous_twisted.pool.get_transport`` to
+    ``nous_twisted.shared.get_shared``; the new location is tried first.
+    """
+    if reactor is None:
+        reactor = get_reactor()
+    try:
+        from nous_twisted.shared import get_shared  # type: ignore[import-not-found,unused-ignore]
+
+        pool = get_shared(reactor).pool
+    except ImportError:
+        from nous_twisted.pool import get_transport
+
+        pool = get_transport(reactor).pool
+    idle = sum(len(v) for v in pool._connections.values())
+    return pool.open_connections(), idle, pool.waiting()
+
+
+def shared_pool(reactor: Any = None) -> Any:
+    """The shared pool object itself (same lookup as :func:`pool_counts`)."""
+    if reactor is None:
+        reactor = get_reactor()
+    try:
+        from nous_twisted.shared import get_shared  # type: ignore[import-not-found,unused-ignore]
+
+        return get_shared(reactor).pool
+    except ImportError:
+        from nous_twisted.pool import get_transport
+
+        return get_transport(reactor).pool
+
+
+async def wait_for_baseline(
+    fds: int, server: Any = None, timeout: float = 3.0, what: str = ""
+) -> None:
+    """Wait until the pool holds nothing (no open, idle or waiting connection),
+    ``server`` (anything with ``open_connections``) has no open connection and
+    this process has ``fds`` file descriptors open; fail with the counts after
+    ``timeout`` seconds."""
+    from .faultserver import open_fds
+
+    def state() -> tuple[tuple[int, int, int], int, int]:
+        srv = server.open_connections if server is not None else 0
+        return pool_counts(), srv, open_fds()
+
+    def ok() -> bool:
+        counts, srv, n = state()
+        return counts == (0, 0, 0) and srv == 0 and n <= fds
+
+    try:
+        await wait_for(ok, timeout=timeout)
+    except AssertionError:
+        counts, srv, n = state()
+        raise AssertionError(
+            f"{what}: not back to baseline after {timeout} s: pool (open, idle, waiting) = {counts}, "
+            f"server open connections = {srv}, fds = {n} (baseline {fds})"
+        ) from None
