@@ -91,7 +91,7 @@ def abort_transport(transport: Any) -> None:
         inner = transport._producer
         if inner is None:  # the proxy stopped: the response is already over
             return
-    if getattr(inner, "_aborted", False) or getattr(inner, "disconnected", False):
+    if getattr(inner, "_aborted", False) or getattr(inner, "_aborting", False) or getattr(inner, "disconnected", False):
         return
     abort = getattr(inner, "abortConnection", None)
     if abort is not None:
@@ -107,7 +107,7 @@ def is_closing(transport: Any) -> bool:
     for layer in _layers(transport):
         if getattr(layer, "disconnecting", False) or getattr(layer, "disconnected", False):
             return True
-        if getattr(layer, "_aborted", False):
+        if getattr(layer, "_aborted", False) or getattr(layer, "_aborting", False):
             return True
     return False
 
@@ -234,8 +234,8 @@ class _PooledProtocol(HTTP11ClientProtocol):
 
     def _line_too_long(self, line: bytes) -> None:
         self._head_failed(
-            f"the server sent a response header line of over {MAX_HEADER_LINE} bytes "
-            "(a broken server or proxy)"
+            f"the response headers are too large: a header line is over the limit of {MAX_HEADER_LINE} bytes "
+            "(a broken server or proxy?)"
         )
 
     def _head_failed(self, message: str) -> None:
@@ -253,8 +253,8 @@ class _PooledProtocol(HTTP11ClientProtocol):
         parser = self._parser
         if parser is not None and parser.state != BODY and self._head_bytes > MAX_HEADER_BYTES:
             self._head_failed(
-                f"the server sent over {MAX_HEADER_BYTES} bytes of response headers "
-                "(a broken server or proxy)"
+                f"the response headers are too large: over the limit of {MAX_HEADER_BYTES} bytes in all "
+                "(a broken server or proxy?)"
             )
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
@@ -264,6 +264,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self._slot.release()
+            self._slot.pool._forget(self._slot.key, self)
             d, self._handshake = self._handshake, None
             if d is not None and not d.called:
                 d.errback(reason)
@@ -580,6 +581,18 @@ class NousConnectionPool(HTTPConnectionPool):
         if call.active():  # not when this is the idle timer firing
             call.cancel()
         abort_transport(connection.transport)
+
+    def _forget(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
+        """A cached connection closed (the server went away while it was
+        idle): take it out of the cache now, not when it is next asked for."""
+        conns = self._connections.get(key)
+        if conns is not None and connection in conns:
+            conns.remove(connection)
+            if not conns:
+                del self._connections[key]
+            call = self._timeouts.pop(connection, None)
+            if call is not None and call.active():
+                call.cancel()
 
     def drop_idle(self) -> None:
         """Close every idle connection (their TLS trust roots changed, say)."""
