@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .clients import CLIENTS
-from .run import LABELS, SCENARIOS
+from .scenarios import LABELS, SCENARIOS
 
 OURS = ("nous_treq", "nous_agent")
 PEERS = ("treq", "agent", "aiohttp", "httpx", "floor")
