@@ -600,8 +600,9 @@ async def test_item16_cancelling_16k_queued_requests(short_idle: None) -> None:
             pytest.skip(f"pool.{COUNTER} is missing; timing check skipped ({elapsed:.2f} s for {QUEUED} cancels)")
         else:
             # Sanity check only, until the pool counts its queue steps: a
-            # deque.remove per cancel is quadratic (1.26 s measured in issue 7).
-            assert elapsed < 0.5, (
+            # deque.remove per cancel is quadratic: 2.3 s here in random order, 0.2 s
+            # in FIFO order (where remove finds its waiter first).
+            assert elapsed < 1.0, (
                 f"{QUEUED} cancels took {elapsed:.2f} s and pool.{COUNTER} is missing: cancel looks O(n) "
                 "(set NOUS_SKIP_TIMING=1 to skip this timing check)"
             )
