@@ -193,7 +193,13 @@ async def test_item3a_abandoned_async_for_frees_the_slot(backend: str, how: str,
             await abandon()
         gc.collect()
         # Promptly: no leaked slot, the server sees all three connections closed.
-        await wait_for(lambda: server.open_connections == 0 and pool_counts()[0] == 0, timeout=2.0)
+        try:
+            await wait_for(lambda: server.open_connections == 0 and pool_counts()[0] == 0, timeout=2.0)
+        except AssertionError:
+            raise AssertionError(
+                f"3 abandoned streams still hold their slots after 2 s: pool (open, idle, waiting) = "
+                f"{pool_counts()}, server open connections = {server.open_connections}"
+            ) from None
         reply = await post(server.url("/post"), BODY, backend=backend, timeout=2, connect_timeout=1)
         assert reply == {"ok": True}
         await wait_for_baseline(fds, server, what="item 3a")
@@ -221,7 +227,13 @@ async def test_item3b_consumer_that_stops_asking_gets_buffer_overflow(backend: s
         s = stream(server.url(), BODY, stream_backend=stream_backend(backend, max_pause=0.5), timeout=30,
                    connect_timeout=1)
         # Referenced, never read: after max_pause the connection is aborted.
-        await wait_for(lambda: server.connections_made == 1 and server.open_connections == 0, timeout=3.0)
+        try:
+            await wait_for(lambda: server.connections_made == 1 and server.open_connections == 0, timeout=3.0)
+        except AssertionError:
+            raise AssertionError(
+                f"a stream not read for 3 s (max_pause=0.5) still has its connection open: server open = "
+                f"{server.open_connections}, pool (open, idle, waiting) = {pool_counts()}, done = {s.done}"
+            ) from None
         events = await collect(s)
         last = events[-1]
         assert isinstance(last, StreamError) and isinstance(last.error, BufferOverflow), events[-3:]
