@@ -243,6 +243,37 @@ async def test_item3b_consumer_that_stops_asking_gets_buffer_overflow(backend: s
         await wait_for_baseline(fds, server, what="item 3b")
 
 
+# -- item 4 (backpressure part; the outcomes are in the fault matrix): a compressed stream is decoded in steps ----
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_item4_compressed_stream_keeps_backpressure(backend: str, short_idle: None) -> None:
+    """~10 KiB of gzip on the wire expanding to 200,000 events: with a consumer
+    that takes one event and then waits, no more events are decoded than one
+    plain socket read's worth above the watermark (today: all of them)."""
+    import gzip as _gzip
+
+    plain = b"".join(b'data: {"i": %d}\n\n' % (i % 10) for i in range(200_000)) + b"data: [DONE]\n\n"
+    body = _gzip.compress(plain, 9, mtime=0)
+    wire = head(headers=(*ES, ("Content-Encoding", "gzip"))) + b"".join(
+        chunk(body[i : i + 16384]) for i in range(0, len(body), 16384)) + LAST_CHUNK
+    kw: dict[str, Any] = {"high_water": 100, "low_water": 10} if backend == "treq" else {}
+    async with FaultServer([write(wire)]) as server:
+        fds = open_fds()
+        s = stream(server.url(), BODY, stream_backend=stream_backend(backend, **kw), timeout=5, connect_timeout=1)
+        it = s.__aiter__()
+        first = await it.__anext__()
+        assert first == {"i": 0}, first
+        await sleep_(0.3)
+        # One 64 KiB read of these 16-byte events is ~4,100 events: the most a
+        # bounded decoder may hold beyond the watermark.
+        limit = (100 if backend == "treq" else 0) + 4200
+        assert s.max_buffered <= limit, f"{s.max_buffered} events decoded ahead of the consumer (limit {limit})"
+        s.cancel()
+        await wait_for_baseline(fds, server, what="item 4 backpressure")
+
+
 # -- item 6: every connect-phase limit is RequestTimeout("connect") with its step -------------------------------
 
 
