@@ -193,7 +193,13 @@ async def test_item3a_abandoned_async_for_frees_the_slot(backend: str, how: str,
             await abandon()
         gc.collect()
         # Promptly: no leaked slot, the server sees all three connections closed.
-        await wait_for(lambda: server.open_connections == 0 and pool_counts()[0] == 0, timeout=2.0)
+        try:
+            await wait_for(lambda: server.open_connections == 0 and pool_counts()[0] == 0, timeout=2.0)
+        except AssertionError:
+            raise AssertionError(
+                f"3 abandoned streams still hold their slots after 2 s: pool (open, idle, waiting) = "
+                f"{pool_counts()}, server open connections = {server.open_connections}"
+            ) from None
         reply = await post(server.url("/post"), BODY, backend=backend, timeout=2, connect_timeout=1)
         assert reply == {"ok": True}
         await wait_for_baseline(fds, server, what="item 3a")
@@ -221,7 +227,13 @@ async def test_item3b_consumer_that_stops_asking_gets_buffer_overflow(backend: s
         s = stream(server.url(), BODY, stream_backend=stream_backend(backend, max_pause=0.5), timeout=30,
                    connect_timeout=1)
         # Referenced, never read: after max_pause the connection is aborted.
-        await wait_for(lambda: server.connections_made == 1 and server.open_connections == 0, timeout=3.0)
+        try:
+            await wait_for(lambda: server.connections_made == 1 and server.open_connections == 0, timeout=3.0)
+        except AssertionError:
+            raise AssertionError(
+                f"a stream not read for 3 s (max_pause=0.5) still has its connection open: server open = "
+                f"{server.open_connections}, pool (open, idle, waiting) = {pool_counts()}, done = {s.done}"
+            ) from None
         events = await collect(s)
         last = events[-1]
         assert isinstance(last, StreamError) and isinstance(last.error, BufferOverflow), events[-3:]
@@ -229,6 +241,37 @@ async def test_item3b_consumer_that_stops_asking_gets_buffer_overflow(backend: s
         assert "consumer" in msg and re.search(r"stall|asked|paus", msg), msg
         assert all(e == {"n": 1} for e in events[:-1])
         await wait_for_baseline(fds, server, what="item 3b")
+
+
+# -- item 4 (backpressure part; the outcomes are in the fault matrix): a compressed stream is decoded in steps ----
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_item4_compressed_stream_keeps_backpressure(backend: str, short_idle: None) -> None:
+    """~10 KiB of gzip on the wire expanding to 200,000 events: with a consumer
+    that takes one event and then waits, no more events are decoded than one
+    plain socket read's worth above the watermark (today: all of them)."""
+    import gzip as _gzip
+
+    plain = b"".join(b'data: {"i": %d}\n\n' % (i % 10) for i in range(200_000)) + b"data: [DONE]\n\n"
+    body = _gzip.compress(plain, 9, mtime=0)
+    wire = head(headers=(*ES, ("Content-Encoding", "gzip"))) + b"".join(
+        chunk(body[i : i + 16384]) for i in range(0, len(body), 16384)) + LAST_CHUNK
+    kw: dict[str, Any] = {"high_water": 100, "low_water": 10} if backend == "treq" else {}
+    async with FaultServer([write(wire)]) as server:
+        fds = open_fds()
+        s = stream(server.url(), BODY, stream_backend=stream_backend(backend, **kw), timeout=5, connect_timeout=1)
+        it = s.__aiter__()
+        first = await it.__anext__()
+        assert first == {"i": 0}, first
+        await sleep_(0.3)
+        # One 64 KiB read of these 16-byte events is ~4,100 events: the most a
+        # bounded decoder may hold beyond the watermark.
+        limit = (100 if backend == "treq" else 0) + 4200
+        assert s.max_buffered <= limit, f"{s.max_buffered} events decoded ahead of the consumer (limit {limit})"
+        s.cancel()
+        await wait_for_baseline(fds, server, what="item 4 backpressure")
 
 
 # -- item 6: every connect-phase limit is RequestTimeout("connect") with its step -------------------------------
@@ -600,8 +643,9 @@ async def test_item16_cancelling_16k_queued_requests(short_idle: None) -> None:
             pytest.skip(f"pool.{COUNTER} is missing; timing check skipped ({elapsed:.2f} s for {QUEUED} cancels)")
         else:
             # Sanity check only, until the pool counts its queue steps: a
-            # deque.remove per cancel is quadratic (1.26 s measured in issue 7).
-            assert elapsed < 0.5, (
+            # deque.remove per cancel is quadratic: 2.3 s here in random order, 0.2 s
+            # in FIFO order (where remove finds its waiter first).
+            assert elapsed < 1.0, (
                 f"{QUEUED} cancels took {elapsed:.2f} s and pool.{COUNTER} is missing: cancel looks O(n) "
                 "(set NOUS_SKIP_TIMING=1 to skip this timing check)"
             )
