@@ -377,7 +377,7 @@ class NousConnectionPool(HTTPConnectionPool):
         self._waiters: dict[Hashable, deque[_Waiter]] = {}
         self._waiting: dict[Hashable, int] = {}  # live (not cancelled) waiters per key
         #: queue entries skipped because their request was cancelled (for tests)
-        self.cancelled_skipped = 0
+        self.waiter_scans = 0
         self.apply(settings)
 
     # -- settings ---------------------------------------------------------
@@ -488,14 +488,14 @@ class NousConnectionPool(HTTPConnectionPool):
             self._waiting.pop(key, None)
             queue = self._waiters.pop(key, None)
             if queue is not None:
-                self.cancelled_skipped += len(queue)
+                self.waiter_scans += len(queue)
 
     def _next_waiter(self, queue: deque[_Waiter]) -> _Waiter | None:
         while queue:
             waiter = queue.popleft()
             if not waiter.cancelled:
                 return waiter
-            self.cancelled_skipped += 1
+            self.waiter_scans += 1
         return None
 
     def _serve_waiters(self, key: Hashable) -> None:
@@ -517,7 +517,7 @@ class NousConnectionPool(HTTPConnectionPool):
             self._waiting.pop(key, None)
             queue = self._waiters.pop(key, None)
             if queue:
-                self.cancelled_skipped += len(queue)
+                self.waiter_scans += len(queue)
 
     def _newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
         return self._open(key, endpoint, _Attempt())

@@ -273,9 +273,12 @@ class StreamCore:
         assert decoder is not None
         seen = decoder.events_seen
         items = decoder.feed(data)
-        if decoder.events_seen != seen and self._count_since is not None:
+        if decoder.events_seen != seen:
+            # An event: the idle gap starts again, whether or not the clock
+            # runs now (bytes read before a pause still arrive).
             self._idle_used = 0.0
-            self._count_since = self._seconds()
+            if self._count_since is not None:
+                self._count_since = self._seconds()
         if items:
             q = self._queue
             q.extend(items)
@@ -513,7 +516,6 @@ class StreamCore:
             self._state = ENDED
         else:
             self._end(StreamDone("cancelled"), abort=True)
-            self._state = ENDED  # never drain after a cancel
         self._notify()
 
     # ------------------------------------------------------------------

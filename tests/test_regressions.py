@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -627,28 +626,16 @@ async def test_item16_cancelling_16k_queued_requests(short_idle: None) -> None:
         before = getattr(pool, COUNTER, None)
         order = list(range(QUEUED))
         random.Random(16).shuffle(order)
-        started = time.perf_counter()
         for i in order:
             queued[i].cancel()
-        elapsed = time.perf_counter() - started
         assert len(cancelled) == QUEUED
         assert pool_counts()[2] == 0
         assert len(server.requests) == 1  # none of the cancelled ones was sent
         after = getattr(pool, COUNTER, None)
         first.cancel()
         await wait_for_baseline(fds, server, what="item 16")
-        if before is not None and after is not None:
-            assert after - before <= 2 * QUEUED, f"{after - before} queue steps for {QUEUED} cancels: not O(1) each"
-        elif os.environ.get("NOUS_SKIP_TIMING"):
-            pytest.skip(f"pool.{COUNTER} is missing; timing check skipped ({elapsed:.2f} s for {QUEUED} cancels)")
-        else:
-            # Sanity check only, until the pool counts its queue steps: a
-            # deque.remove per cancel is quadratic: 2.3 s here in random order, 0.2 s
-            # in FIFO order (where remove finds its waiter first).
-            assert elapsed < 1.0, (
-                f"{QUEUED} cancels took {elapsed:.2f} s and pool.{COUNTER} is missing: cancel looks O(n) "
-                "(set NOUS_SKIP_TIMING=1 to skip this timing check)"
-            )
+        assert before is not None and after is not None, f"the pool no longer counts its queue steps (pool.{COUNTER})"
+        assert after - before <= 2 * QUEUED, f"{after - before} queue steps for {QUEUED} cancels: not O(1) each"
 
 
 # -- item 17: a connection the server closed is not reused ---------------------------------------------------------
