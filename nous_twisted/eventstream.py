@@ -203,7 +203,7 @@ class _Consumer:
         while not self.done.called:
             event = core.take()
             if event is NOTHING:
-                core.wait().addCallback(self.step)
+                core.when_ready(self.step)
                 return
             if event is END:
                 return

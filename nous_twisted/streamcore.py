@@ -45,6 +45,7 @@ Timers, on an injected clock:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -146,7 +147,8 @@ class StreamCore:
         self._collect_limit = 0
         self._queue: deque[Any] = deque()
         self._terminal: Terminal | None = None
-        self._waiter: Deferred[None] | None = None
+        # the waiting reader: a Deferred (wait()) or a plain callable (when_ready())
+        self._waiter: Any = None
         self._consumer_paused = False
         # idle accounting: time counts only while we wait on the network
         self._idle_timer: IDelayedCall | None = None
@@ -401,24 +403,25 @@ class StreamCore:
         w = self._waiter
         if w is not None and not self._consumer_paused and (self._queue or self._state is ENDED):
             self._waiter = None
-            w.callback(None)
+            if type(w) is Deferred:
+                w.callback(None)
+            else:
+                w()
 
     def _after_chunk(self) -> None:
         """After a chunk was handled (and the reader woken): stop reading?"""
         source = self._source
         if self._state is not RECEIVING or source is None:
             return
+        waiting = self._waiter is not None and not self._consumer_paused
         queued = len(self._queue)
-        if queued and self._stall_timer is None and self._max_pause is not None and not self._waiting():
+        if not source.paused:
+            inflater = self._inflater
+            if (inflater is not None and inflater.has_output) or self._policy.pause_after_chunk(queued, waiting):
+                self._stop_counting()
+                source.pause_reading()
+        if not waiting and self._stall_timer is None and self._max_pause is not None and (queued or source.paused):
             self._arm_stall_timer()
-        if source.paused:
-            return
-        inflater = self._inflater
-        if (inflater is not None and inflater.has_output) or self._policy.pause_after_chunk(queued, self._waiting()):
-            self._stop_counting()
-            source.pause_reading()
-            if self._stall_timer is None and self._max_pause is not None and not self._waiting():
-                self._arm_stall_timer()
 
     def _refill(self) -> None:
         """The reader took or asks: expand more, or read on, as the policy says."""
@@ -446,8 +449,7 @@ class StreamCore:
         q = self._queue
         if q:
             event = q.popleft()
-            if self._stall_timer is not None:
-                self._asked_at = self._seconds()
+            self._asked_at = self._seconds()
             source = self._source
             if source is not None and source.paused and self._state is RECEIVING:
                 self._refill()
@@ -475,6 +477,20 @@ class StreamCore:
         self._waiter = d
         self._refill()
         return d
+
+    def when_ready(self, ready: Callable[[], object]) -> None:
+        """Call ``ready()`` once :meth:`take` has something: :meth:`wait`
+        without a Deferred, for readers inside the library (``consume()``)."""
+        if self._waiter is not None:
+            raise RuntimeError(
+                "this EventStream is already being awaited by another reader; read it from one place"
+            )
+        self._asked_at = self._seconds()
+        if not self._consumer_paused and (self._queue or self._state is ENDED or self._state is DELIVERED):
+            ready()
+            return
+        self._waiter = ready
+        self._refill()
 
     def _wait_cancelled(self, d: Deferred[None]) -> None:
         if self._waiter is d:
