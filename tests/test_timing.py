@@ -287,13 +287,13 @@ def test_stall_fires_max_pause_after_the_last_ask(policy: Policy) -> None:
     clock = Clock()
     core, source = make_core(clock, policy, timeout=1000, max_pause=MAX_PAUSE)
     clock.advance(1)
-    asked = core.wait()  # t=1: the last ask; the caller then never takes
+    asked = core.wait()  # t=1: it asks, and waits...
     clock.advance(1)
     core.data_received(ev(1) + ev(2))
-    assert asked.called
-    clock.advance(MAX_PAUSE - 1 - EPS)
+    assert asked.called  # ...until t=2, its last ask: it never takes
+    clock.advance(MAX_PAUSE - EPS)
     assert not core.done
-    clock.advance(EPS)  # t=5
+    clock.advance(EPS)  # t=6
     assert core.done and source.calls[-1] == "abort"
     terminal = core.take()  # the queued events were dropped
     assert overflow(terminal), terminal
@@ -335,6 +335,29 @@ def test_stall_while_the_consumer_holds_the_stream_paused(policy: Policy) -> Non
     # Delivered although the consumer is paused: it would otherwise wait forever.
     assert reader.events[:-1] == [{"i": 1}] and overflow(reader.terminal)
     assert source.calls[-1] == "abort"
+
+
+@pytest.mark.parametrize("policy", STALL_POLICIES)
+@pytest.mark.parametrize("events", [1, 2])
+def test_time_spent_waiting_is_not_a_stall(policy: Policy, events: int) -> None:
+    """A reader that waited longer than max_pause for the first event (a model
+    thinking), takes it as soon as it is woken (``async for`` on Twisted's
+    coroutines, ``consume()``) and then works on it, is not stalled: its
+    last ask is the moment it was woken."""
+    clock = Clock()
+    core, source = make_core(clock, policy, timeout=1000, max_pause=MAX_PAUSE)
+    taken: list[Any] = []
+    core.wait().addCallback(lambda _: taken.append(core.take()))
+    clock.advance(10)
+    core.data_received(b"".join(ev(i) for i in range(events)))  # t=10: woken, takes one
+    assert taken == [{"i": 0}]
+    clock.advance(MAX_PAUSE - EPS)
+    assert not core.done
+    clock.advance(EPS)  # t=14: max_pause after it was woken, without asking again
+    if events == 1 and isinstance(policy, Watermarks):
+        assert not core.done  # nothing held for it: the socket is read on, nothing queued
+    else:
+        assert overflow(core.take()) and source.calls[-1] == "abort"
 
 
 def test_stall_while_the_socket_is_paused_with_nothing_queued() -> None:
