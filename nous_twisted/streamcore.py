@@ -403,6 +403,7 @@ class StreamCore:
         w = self._waiter
         if w is not None and not self._consumer_paused and (self._queue or self._state is ENDED):
             self._waiter = None
+            self._asked_at = self._seconds()  # it was asking all the while it waited
             if type(w) is Deferred:
                 w.callback(None)
             else:

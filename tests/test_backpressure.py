@@ -81,19 +81,29 @@ async def test_treq_backend_watermarks_bound_the_buffer() -> None:
 async def test_treq_backend_consumer_paused_past_max_pause_overflows() -> None:
     server = FloodServer(event_size=512).listen()
     try:
-        backend = TreqStreamBackend(high_water=100, low_water=10, max_pause=0.3)
+        # max_pause is generous so that the buffer fills well before it:
+        # its exact timing is in test_timing.py.
+        backend = TreqStreamBackend(high_water=100, low_water=10, max_pause=1.0)
         s = stream(server.url, CHAT, stream_backend=backend)
         seen: list[Any] = []
+        full: list[tuple[int, bool, int]] = []
 
         def on_event(event: Any) -> None:
             seen.append(event)
             if len(seen) == 5:
                 s.pauseProducing()
 
+        def filled() -> bool:
+            # Read ahead to the high-water mark while the consumer pauses.
+            if s.buffered >= 100 and not full:
+                full.append((len(seen), s.done, s.buffered))
+            return bool(full)
+
         done = s.consume(on_event)
-        await sleep(0.1)
-        assert len(seen) == 5 and not s.done
-        assert s.buffered <= 100 + READ // 512 + 1
+        await wait_for(filled)
+        count, was_done, buffered = full[0]
+        assert count == 5 and not was_done
+        assert buffered <= 100 + READ // 512 + 1
         terminal = await done
         assert isinstance(terminal, StreamError) and isinstance(terminal.error, BufferOverflow)
         assert "max_pause" in str(terminal.error)
@@ -108,13 +118,15 @@ async def test_idle_timer_is_suspended_while_the_consumer_pauses() -> None:
 
     async with FakeLLMServer(reply_tokens=6, token_delay=0.01) as server:
         for backend in ("treq", "agent"):
-            s = stream(server.chat_url, CHAT, stream_backend=backend, timeout=0.2)
+            # End to end, with wide margins (events 10 ms apart, a 0.5 s idle
+            # limit, a 1 s pause); the rule's exact timing is in test_timing.py.
+            s = stream(server.chat_url, CHAT, stream_backend=backend, timeout=0.5)
             seen: list[Any] = []
 
             def on_event(event: Any, s: Any = s, seen: list[Any] = seen) -> None:
                 seen.append(event)
                 if len(seen) == 1:
                     s.pauseProducing()
-                    get_reactor().callLater(0.5, s.resumeProducing)  # longer than the idle limit
+                    get_reactor().callLater(1.0, s.resumeProducing)  # longer than the idle limit
 
             assert await s.consume(on_event) == StreamDone("stop"), seen[-1]

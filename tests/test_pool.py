@@ -2,24 +2,85 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 import pytest
 import pytest_twisted
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 
 import nous_twisted
 from nous_twisted import PoolSettings, post
 from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer, Fault
 
-from .helpers import sleep, wait_for
+from .helpers import get_reactor, wait_for
 
 CHAT = {"model": "m", "messages": []}
+
+
+class HoldingServer:
+    """A loopback HTTP/1.1 server (keep-alive) that records each request's
+    ``n`` as it arrives and answers it only when the test releases it."""
+
+    def __init__(self) -> None:
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+        from twisted.web import resource, server
+
+        outer = self
+        self.arrivals: list[int] = []
+        self.held: dict[int, Any] = {}
+        self.connections_made = 0
+        self.open_connections = 0
+        self.max_open_connections = 0
+
+        class _Hold(resource.Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                n = orjson.loads(request.content.read())["n"]
+                outer.arrivals.append(n)
+                outer.held[n] = request
+                return server.NOT_DONE_YET
+
+        class _Counting(ProtocolWrapper):
+            def connectionMade(self) -> None:
+                outer.connections_made += 1
+                outer.open_connections += 1
+                outer.max_open_connections = max(outer.max_open_connections, outer.open_connections)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Any) -> None:
+                outer.open_connections -= 1
+                super().connectionLost(reason)
+
+        site = server.Site(_Hold())
+        site.log = lambda request: None  # type: ignore[method-assign]
+        factory = WrappingFactory(site)
+        factory.protocol = _Counting
+        self.port = get_reactor().listenTCP(0, factory, interface="127.0.0.1")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/v1/chat/completions"
+
+    def release(self, n: int) -> None:
+        request = self.held.pop(n)
+        body = orjson.dumps({"object": "chat.completion", "n": n})
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_max_connections_is_a_real_per_host_cap_fifo() -> None:
     nous_twisted.configure(pool=PoolSettings(max_connections=4))
-    async with FakeLLMServer(reply_tokens=5, token_delay=0.01) as server:  # ~50 ms per reply
+    server = HoldingServer()
+    try:
         order: list[int] = []
 
         def done(reply: dict, i: int) -> int:
@@ -27,23 +88,35 @@ async def test_max_connections_is_a_real_per_host_cap_fifo() -> None:
             return i
 
         calls = [
-            post(server.chat_url, {"model": "m", "n": i}, backend="treq" if i % 2 else "agent").addCallback(done, i)
+            post(server.url, {"model": "m", "n": i}, backend="treq" if i % 2 else "agent").addCallback(done, i)
             for i in range(32)
         ]
         # Requests over the cap are queued, not connected.
         assert get_shared().pool.open_connections() <= 4
         assert get_shared().pool.waiting() == 28
+        # The first four race on four new sockets.
+        await wait_for(lambda: len(server.arrivals) == 4)
+        assert sorted(server.arrivals) == [0, 1, 2, 3]
+        # FIFO: whichever connection comes back, the oldest waiting request
+        # goes next on it.  Released newest first, so arrival order alone shows it.
+        released: list[int] = []
+        for k in range(28):
+            n = max(server.held)
+            server.release(n)
+            released.append(n)
+            await wait_for(lambda k=k: len(server.arrivals) == 5 + k and len(order) == k + 1)
+            assert server.arrivals[-1] == 4 + k, server.arrivals
+            assert get_shared().pool.open_connections() <= 4
+        for n in sorted(server.held, reverse=True):
+            server.release(n)
+            released.append(n)
         results = await gatherResults(calls)
         assert results == list(range(32))
+        assert order == released  # each reply completed when the server sent it
         assert server.max_open_connections == 4
         assert server.connections_made == 4
-        # FIFO: four at a time, in the order they were made. Within a wave the
-        # four race on separate sockets; across waves the order is strict.
-        arrivals = [r.body["n"] for r in server.requests]
-        waves = [n // 4 for n in arrivals]
-        assert sorted(arrivals) == list(range(32))
-        assert waves == sorted(waves), arrivals
-        assert [n // 4 for n in order] == sorted(n // 4 for n in order), order
+    finally:
+        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -60,8 +133,7 @@ async def test_idle_keepalive_timeout_closes_cached_connection() -> None:
     async with FakeLLMServer() as server:
         await post(server.chat_url, CHAT)
         assert server.open_connections == 1
-        await sleep(0.05)
-        assert server.open_connections == 1  # still cached
+        assert get_shared().pool.idle_connections() == 1  # cached (its timing exactly: test_timing.py)
         await wait_for(lambda: server.open_connections == 0, timeout=2.0)
         assert get_shared().pool.open_connections() == 0
         await post(server.chat_url, CHAT)
@@ -86,14 +158,17 @@ async def test_raising_the_limit_releases_waiters() -> None:
     nous_twisted.configure(pool=PoolSettings(max_connections=1))
     async with FakeLLMServer() as server:
         server.inject(Fault(stall_before_headers=True, times=3))
-        calls = [post(server.chat_url, CHAT, timeout=0.5) for _ in range(3)]
+        # Never answered, and never timed out during the test: they hold their slots.
+        calls = [post(server.chat_url, CHAT, timeout=300) for _ in range(3)]
         for c in calls:
-            c.addErrback(lambda f: None)
+            c.addErrback(lambda f: f.trap(CancelledError))
         await wait_for(lambda: len(server.requests) == 1)
         assert get_shared().pool.waiting() == 2
         nous_twisted.configure(pool=PoolSettings(max_connections=3))
         await wait_for(lambda: len(server.requests) == 3)
         assert server.max_open_connections == 3
+        for c in calls:
+            c.cancel()
         await gatherResults(calls)
 
 
