@@ -98,11 +98,8 @@ class SSEDecoder:
                 return out
         else:
             out = []
-        try:
-            events = self._parser.feed(rest)
-        except BufferOverflow as e:
-            self.terminal = StreamError(e)
-            return out
+        parser = self._parser
+        events = parser.feed(rest)
         for ev in events:
             if ev.event == "message":
                 # the same rules as _messages, one event at a time
@@ -124,6 +121,9 @@ class SSEDecoder:
             if ev.event == "message_stop" or (type(obj) is dict and obj.get("type") == "message_stop"):
                 self.terminal = StreamDone("stop")
                 break
+        if self.terminal is None and parser.overflow is not None:
+            # The events completed before the oversized one went out first.
+            self.terminal = StreamError(parser.overflow)
         return out
 
     def _messages(self, datas: list[bytes]) -> list[Any]:
