@@ -159,10 +159,26 @@ def test_array_overflow() -> None:
 
 def test_format_for_content_type() -> None:
     assert format_for("text/event-stream; charset=utf-8") == "sse"
-    assert format_for("application/x-ndjson") == "ndjson"
+    assert format_for("Text/Event-Stream") == "sse"
+    for ndjson in ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines",
+                   " APPLICATION/X-NDJSON ; charset=utf-8"):
+        assert format_for(ndjson) == "ndjson", ndjson
     assert format_for("application/json; charset=UTF-8") == "json-array"
-    assert format_for("text/plain") == "sse"
-    assert format_for(None) == "sse"
+    assert format_for("application/problem+json") == "json-array"
+    assert format_for("application/vnd.api+JSON;v=2") == "json-array"
+
+
+def test_format_for_absent_content_type_is_sse() -> None:
+    for absent in (None, "", "   ", "; charset=utf-8"):
+        assert format_for(absent) == "sse", absent
+
+
+def test_format_for_other_content_types_is_none() -> None:
+    """A captive portal's page is not an empty event stream (issue 7 item 5)."""
+    for other in ("text/html", "text/html; charset=utf-8", "text/plain", "application/octet-stream",
+                  "application/xml", "text/json", "application/jsonx", "application/json+xml", "+json",
+                  "multipart/mixed", "garbage"):
+        assert format_for(other) is None, other
 
 
 # -- any split, every decoder ------------------------------------------------------------
