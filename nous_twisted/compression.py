@@ -147,7 +147,9 @@ class _ZlibStage:
                     out = d.decompress(chunk, limit)
                 except zlib.error as e:
                     raise self._corrupt(str(e)) from None
-                used = len(chunk) - len(d.unconsumed_tail) - len(d.unused_data)
+                # At the end of a stream zlib leaves the rest in unused_data
+                # (and, in CPython 3.11, in unconsumed_tail as well).
+                used = len(chunk) - len(d.unused_data if d.eof else d.unconsumed_tail)
                 if used:
                     self._fed = True
                     self._consume(used)
@@ -170,7 +172,7 @@ class _ZlibStage:
         return parts
 
     def finish(self) -> None:
-        if self._state == _MEMBER and self._fed or self._state == _DETECT and self._queued:
+        if (self._state == _MEMBER and self._fed) or (self._state == _DETECT and self._queued):
             what = "gzip member" if self.name == "gzip" else "deflate stream"
             raise StreamTruncated(
                 f"the {self.name} Content-Encoding body ended inside a {what} "

@@ -98,11 +98,8 @@ class SSEDecoder:
                 return out
         else:
             out = []
-        try:
-            events = self._parser.feed(rest)
-        except BufferOverflow as e:
-            self.terminal = StreamError(e)
-            return out
+        parser = self._parser
+        events = parser.feed(rest)
         for ev in events:
             if ev.event == "message":
                 # the same rules as _messages, one event at a time
@@ -124,6 +121,9 @@ class SSEDecoder:
             if ev.event == "message_stop" or (type(obj) is dict and obj.get("type") == "message_stop"):
                 self.terminal = StreamDone("stop")
                 break
+        if self.terminal is None and parser.overflow is not None:
+            # The events completed before the oversized one went out first.
+            self.terminal = StreamError(parser.overflow)
         return out
 
     def _messages(self, datas: list[bytes]) -> list[Any]:
@@ -254,6 +254,12 @@ _STRUCT = re.compile(rb'[\[\]{}",]')
 _IN_STRING = re.compile(rb'["\\]')
 _WS = b" \t\r\n"
 
+# JSONArrayDecoder._state values (ints, compared in the scanning loop).
+_BEFORE = 0
+_BETWEEN = 1
+_ELEMENT = 2
+_AFTER = 3
+
 
 class JSONArrayDecoder:
     """One JSON array delivered incrementally (Gemini without ``alt=sse``).
@@ -262,6 +268,12 @@ class JSONArrayDecoder:
     escapes are tracked so brackets inside strings do not count.  There is no
     end signal: a clean end after the closing ``]`` is ``StreamDone("eof")``;
     a body that ends inside the array is truncated.
+
+    Its ``_state`` is one of ``_BEFORE`` (nothing but whitespace yet, waiting
+    for ``[``, or ``{`` for a lone object), ``_BETWEEN`` (inside the array,
+    between elements), ``_ELEMENT`` (inside an element: ``_depth``,
+    ``_in_string`` and ``_escape`` track it) or ``_AFTER`` (after ``]``, or
+    after a lone object; later bytes are ignored).
     """
 
     __slots__ = (
@@ -277,9 +289,6 @@ class JSONArrayDecoder:
         "events_seen",
     )
 
-    # _state: 0 before "[", 1 inside the array between elements, 2 inside an
-    # element, 3 after "]".
-
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.max_element_bytes = max_event_bytes
         self._pieces: list[bytes] = []
@@ -287,7 +296,7 @@ class JSONArrayDecoder:
         self._depth = 0
         self._in_string = False
         self._escape = False
-        self._state = 0
+        self._state = _BEFORE
         self._single = False
         self.terminal: StreamDone | StreamError | None = None
         self.events_seen = 0
@@ -301,7 +310,7 @@ class JSONArrayDecoder:
         start = 0  # where the current element's bytes begin in this chunk
         while pos < n:
             state = self._state
-            if state == 2:
+            if state == _ELEMENT:
                 if self._in_string:
                     if self._escape:
                         self._escape = False
@@ -335,7 +344,7 @@ class JSONArrayDecoder:
                 elif c == 125 or c == 93:  # } ]
                     if self._depth == 0:  # the array closes after a scalar
                         self._emit(chunk[start : m.start()], out)
-                        self._state = 3
+                        self._state = _AFTER
                         pos = m.end()
                         continue
                     self._depth -= 1
@@ -354,13 +363,13 @@ class JSONArrayDecoder:
                 c = chunk[pos]
                 if c in _WS:
                     pos += 1
-                elif state == 0:
+                elif state == _BEFORE:
                     if c == 91:  # "["
-                        self._state = 1
+                        self._state = _BETWEEN
                         pos += 1
                     elif c == 123:  # "{": a lone object, as a server that ignored streaming sends
                         self._single = True
-                        self._state = 2
+                        self._state = _ELEMENT
                         self._depth = 1
                         start = pos
                         pos += 1
@@ -370,14 +379,14 @@ class JSONArrayDecoder:
                             chunk[pos : pos + 200],
                         ))
                         return out
-                elif state == 1:
+                elif state == _BETWEEN:
                     if c == 44:  # ","
                         pos += 1
                     elif c == 93:  # "]"
-                        self._state = 3
+                        self._state = _AFTER
                         pos += 1
                     else:
-                        self._state = 2
+                        self._state = _ELEMENT
                         start = pos
                         self._depth = 0
                         if c == 34:
@@ -389,7 +398,7 @@ class JSONArrayDecoder:
                         # a scalar: scan on from here
                 else:  # after "]": ignore trailing bytes
                     pos = n
-        if self._state == 2:
+        if self._state == _ELEMENT:
             piece = chunk[start:]
             if piece:
                 self._pieces.append(piece)
@@ -410,7 +419,7 @@ class JSONArrayDecoder:
         else:
             data = last
         self._size = 0
-        self._state = 3 if self._single else 1
+        self._state = _AFTER if self._single else _BETWEEN
         self._depth = 0
         data = data.strip()
         if not data:
@@ -431,9 +440,9 @@ class JSONArrayDecoder:
 
     def finish(self) -> list[Any]:
         if self.terminal is None:
-            if self._state == 3:
+            if self._state == _AFTER:
                 self.terminal = StreamDone("eof")
-            elif self._state == 0:
+            elif self._state == _BEFORE:
                 # An empty body: nothing was streamed, and nothing is missing.
                 self.terminal = StreamDone("eof")
             else:
@@ -454,16 +463,33 @@ _BY_CONTENT_TYPE = {
     "application/x-ndjson": "ndjson",
     "application/ndjson": "ndjson",
     "application/jsonl": "ndjson",
+    "application/x-jsonlines": "ndjson",
     "application/json": "json-array",
 }
 
 
-def format_for(content_type: str | None) -> str:
-    """The wire format for a response Content-Type; SSE when unknown."""
-    if content_type:
-        media = content_type.split(";", 1)[0].strip().lower()
-        return _BY_CONTENT_TYPE.get(media, "sse")
-    return "sse"
+def format_for(content_type: str | None) -> str | None:
+    """The wire format for a response Content-Type, or None when it names no
+    stream format.
+
+    ``text/event-stream`` is SSE; ``application/x-ndjson``, ``ndjson``,
+    ``jsonl`` and ``x-jsonlines`` are NDJSON; ``application/json`` and any
+    ``application/<x>+json`` are a JSON array.  Case and parameters do not
+    matter.  An absent or empty Content-Type is SSE, since servers that stream
+    often omit it.  Anything else (``text/html`` from a captive portal or a
+    misrouted gateway) is None: the caller ends the stream with a
+    DecodeError naming the type, rather than reading the page as an empty
+    stream.
+    """
+    if not content_type:
+        return "sse"
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not media:
+        return "sse"
+    fmt = _BY_CONTENT_TYPE.get(media)
+    if fmt is None and media.startswith("application/") and media.endswith("+json"):
+        fmt = "json-array"
+    return fmt
 
 
 def make_decoder(fmt: str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Decoder:

@@ -48,8 +48,11 @@ class SSEParser:
     the body call :meth:`close`: an event not closed by a blank line is
     discarded, as the standard says.
 
-    :param max_event_bytes: the largest line or event accepted; a larger one
-        raises :class:`BufferOverflow`.
+    :param max_event_bytes: the largest line (its bytes without the line end)
+        or event data (each line's value plus LF) accepted.  A larger one, or
+        a partial line that outgrows it across reads, sets :attr:`overflow`
+        to a :class:`BufferOverflow`: the ``feed`` that meets it still returns
+        the events completed before it, and the parser takes nothing more.
     """
 
     __slots__ = (
@@ -64,6 +67,7 @@ class SSEParser:
         "_data_size",
         "_event",
         "events_dispatched",
+        "overflow",
     )
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -78,9 +82,10 @@ class SSEParser:
         self._data_size = 0
         self._event = b""
         self.events_dispatched = 0
+        self.overflow: BufferOverflow | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if not chunk:
+        if not chunk or self.overflow is not None:
             return []
         if self._at_start:
             chunk = self._strip_bom(chunk)
@@ -127,6 +132,7 @@ class SSEParser:
             self._pending = 0
             if len(lines[0]) > self.max_event_bytes:
                 self._overflow(len(lines[0]))
+                return []
         out: list[SSEEvent] = []
         limit = self.max_event_bytes
         for line in lines:
@@ -138,6 +144,7 @@ class SSEParser:
                 continue
             if len(line) > limit:
                 self._overflow(len(line))
+                return out  # the events before it are whole: deliver them
             if line[0] == 58:  # b":": a comment
                 continue
             name, colon, value = line.partition(b":")
@@ -148,6 +155,7 @@ class SSEParser:
                 self._data_size += len(value) + 1
                 if self._data_size > limit:
                     self._overflow(self._data_size)
+                    return out
             elif name == b"event":
                 self._event = value
             elif name == b"id":
@@ -171,7 +179,9 @@ class SSEParser:
         # something else is in there: a comment, a field, a multi-line event.
         if not datas or sum(map(len, datas)) + 8 * len(datas) != len(chunk):
             return None
-        if max(map(len, datas)) > self.max_event_bytes:
+        # The general path's limit is on the line, "data: " included; a
+        # longer one is left to it, to overflow there.
+        if max(map(len, datas)) > self.max_event_bytes - 6:
             return None
         self.events_dispatched += len(datas)
         return datas
@@ -182,7 +192,8 @@ class SSEParser:
         one-line ``data:`` events and nothing is pending, and ``rest`` the
         bytes after them, still to :meth:`feed`.  ``(None, chunk)`` when the
         fast path does not apply: feed the whole chunk."""
-        if self._at_start or self._skip_lf or self._pieces or self._data or self._event or b"\r" in chunk:
+        if (self._at_start or self._skip_lf or self._pieces or self._data or self._event or b"\r" in chunk
+                or self.overflow is not None):
             return None, chunk
         cut = chunk.rfind(b"\n\n")
         if cut < 0:
@@ -237,7 +248,7 @@ class SSEParser:
         self._pending = 0
         self._data = []
         self._data_size = 0
-        raise BufferOverflow(
+        self.overflow = BufferOverflow(
             f"an SSE line or event of at least {size} bytes is over the limit of "
             f"{self.max_event_bytes} bytes"
         )

@@ -159,10 +159,26 @@ def test_array_overflow() -> None:
 
 def test_format_for_content_type() -> None:
     assert format_for("text/event-stream; charset=utf-8") == "sse"
-    assert format_for("application/x-ndjson") == "ndjson"
+    assert format_for("Text/Event-Stream") == "sse"
+    for ndjson in ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines",
+                   " APPLICATION/X-NDJSON ; charset=utf-8"):
+        assert format_for(ndjson) == "ndjson", ndjson
     assert format_for("application/json; charset=UTF-8") == "json-array"
-    assert format_for("text/plain") == "sse"
-    assert format_for(None) == "sse"
+    assert format_for("application/problem+json") == "json-array"
+    assert format_for("application/vnd.api+JSON;v=2") == "json-array"
+
+
+def test_format_for_absent_content_type_is_sse() -> None:
+    for absent in (None, "", "   ", "; charset=utf-8"):
+        assert format_for(absent) == "sse", absent
+
+
+def test_format_for_other_content_types_is_none() -> None:
+    """A captive portal's page is not an empty event stream (issue 7 item 5)."""
+    for other in ("text/html", "text/html; charset=utf-8", "text/plain", "application/octet-stream",
+                  "application/xml", "text/json", "application/jsonx", "application/json+xml", "+json",
+                  "multipart/mixed", "garbage"):
+        assert format_for(other) is None, other
 
 
 # -- any split, every decoder ------------------------------------------------------------
@@ -229,3 +245,114 @@ def check_any_split(decoder: Any, build: Any, values: list[Any], end: bool, cuts
     assert data == expected
     if decoder is not JSONArrayDecoder and end and len(expected) == len(values):
         assert whole[-1] == StreamDone("stop")
+
+
+# -- events before an oversized one, and the exact limit (issue 7 item 11) ----------------
+
+
+def _is_overflow(event: Any) -> bool:
+    return isinstance(event, StreamError) and isinstance(event.error, BufferOverflow)
+
+
+def test_sse_whole_events_and_the_start_of_the_next() -> None:
+    d = SSEDecoder()
+    assert d.feed(b'data: {"z":0}\n\n') == [{"z": 0}]
+    assert d.feed(b'data: {"a":1}\n\ndata: {"b"') == [{"a": 1}]
+    assert d.feed(b":2}\n\n") == [{"b": 2}]
+    assert d.terminal is None
+
+
+def test_sse_events_before_an_oversized_one_in_the_same_read() -> None:
+    big = b"x" * 300
+    for oversized in (b"data: " + big + b"\n\n",  # fast-path shape
+                      b"event: e\ndata: " + big + b"\n\n",  # general path
+                      b"data: " + big[:80] + b"\ndata: " + big[:80] + b"\n\n",  # the data buffer
+                      b"data: " + big):  # a partial line outgrowing the limit
+        for first in (b"", b'data: {"z":0}\n\n'):
+            d = SSEDecoder(max_event_bytes=100)
+            events = d.feed(first) if first else []
+            events += d.feed(b'data: {"a":1}\n\nevent: m\ndata: {"b":2}\n\ndata: {"c":3}\n\n' + oversized)
+            expected = ([{"z": 0}] if first else []) + [{"a": 1}, {"b": 2}, {"c": 3}]
+            assert events == expected, oversized
+            assert _is_overflow(d.terminal)
+            assert d.feed(b'data: {"late":1}\n\n') == []
+
+
+def test_sse_partial_line_outgrowing_the_limit_across_reads() -> None:
+    d = SSEDecoder(max_event_bytes=100)
+    assert d.feed(b'data: {"a":1}\n\ndata: "' + b"x" * 50) == [{"a": 1}]
+    assert d.terminal is None
+    assert d.feed(b"y" * 30) == []
+    assert d.terminal is None  # 87 bytes pending
+    assert d.feed(b"z" * 30) == []
+    assert _is_overflow(d.terminal)
+
+
+def test_sse_an_end_signal_before_the_oversized_event_wins() -> None:
+    d = SSEDecoder(max_event_bytes=100)
+    assert d.feed(b'data: {"a":1}\n\ndata: [DONE]\n\ndata: ' + b"x" * 300 + b"\n\n") == [{"a": 1}]
+    assert d.terminal == StreamDone("stop")
+
+
+def test_sse_exact_limit() -> None:
+    limit = 64
+    for prefix in (b"", b"event: m\n"):
+        line = b'data: "' + b"x" * (limit - 8) + b'"'  # exactly the limit
+        assert len(line) == limit
+        for extra, ok in ((b"", True), (b"x", False)):
+            body = prefix + line.replace(b'x"', b"x" + extra + b'"') + b"\n\n"
+            for cuts in (None, [9], [1] * len(body)):
+                events = run(SSEDecoder(max_event_bytes=limit), body, cuts)
+                if ok:
+                    assert events == ["x" * (limit - 8), StreamDone("eof")]
+                else:
+                    assert len(events) == 1 and _is_overflow(events[0])
+
+
+def test_ndjson_lines_before_an_oversized_one_in_the_same_read() -> None:
+    for oversized in (b'"' + b"x" * 300 + b'"\n', b'"' + b"x" * 300):
+        d = NDJSONDecoder(max_event_bytes=100)
+        events = d.feed(b'{"a":1}\n{"b":2}\n' + oversized)
+        assert events == [{"a": 1}, {"b": 2}]
+        assert _is_overflow(d.terminal)
+    d = NDJSONDecoder()
+    assert d.feed(b'{"z":0}\n') == [{"z": 0}]
+    assert d.feed(b'{"a":1}\n{"b"') == [{"a": 1}]
+    assert d.feed(b":2}\n") == [{"b": 2}]
+
+
+def test_ndjson_exact_limit() -> None:
+    limit = 64
+    line = b'"' + b"x" * (limit - 2) + b'"'
+    for body, ok in ((line + b"\n", True), (line + b"\r\n", False), (line + b" \n", False), (line, True)):
+        for cuts in (None, [5], [1] * len(body)):
+            events = run(NDJSONDecoder(max_event_bytes=limit), body, cuts)
+            if ok:
+                assert events == ["x" * (limit - 2), StreamDone("eof")], (body, cuts)
+            else:
+                assert len(events) == 1 and _is_overflow(events[0]), (body, cuts)
+
+
+def test_json_array_elements_before_an_oversized_one_in_the_same_read() -> None:
+    for oversized in (b'{"s":"' + b"x" * 300 + b'"}]', b'{"s":"' + b"x" * 300, b"1" * 300 + b","):
+        d = JSONArrayDecoder(max_event_bytes=100)
+        assert d.feed(b'[{"a":1},\n{"b":2},' + oversized) == [{"a": 1}, {"b": 2}]
+        assert _is_overflow(d.terminal)
+    d = JSONArrayDecoder()
+    assert d.feed(b'[{"z":0}') == [{"z": 0}]
+    assert d.feed(b',{"a":1},{"b"') == [{"a": 1}]
+    assert d.feed(b":2}]") == [{"b": 2}]
+
+
+def test_json_array_exact_limit() -> None:
+    limit = 64
+    element = b'{"s":"' + b"x" * (limit - 8) + b'"}'
+    assert len(element) == limit
+    for body, ok in ((b"[" + element + b"]", True), (b"[" + element.replace(b'x"', b'xx"') + b"]", False),
+                     (b"[ " + element + b" ,\n" + element + b"\n]", True)):
+        for cuts in (None, [3], [1] * len(body)):
+            events = run(JSONArrayDecoder(max_event_bytes=limit), body, cuts)
+            if ok:
+                assert events[-1] == StreamDone("eof") and all(e == {"s": "x" * (limit - 8)} for e in events[:-1])
+            else:
+                assert len(events) == 1 and _is_overflow(events[0]), (body, cuts)

@@ -178,14 +178,59 @@ def test_invalid_utf8_becomes_replacement_never_raises() -> None:
 
 def test_oversized_event_is_buffer_overflow() -> None:
     p = SSEParser(max_event_bytes=1000)
-    with pytest.raises(BufferOverflow):
-        p.feed(b"data: " + b"x" * 2000)  # one long partial line
+    assert p.feed(b"data: " + b"x" * 2000) == []  # one long partial line
+    assert isinstance(p.overflow, BufferOverflow) and "limit of 1000 bytes" in str(p.overflow)
+    assert p.feed(b"\n\ndata: a\n\n") == []  # it takes nothing more
     p = SSEParser(max_event_bytes=1000)
-    with pytest.raises(BufferOverflow):
-        for _ in range(30):
-            p.feed(b"data: " + b"x" * 50 + b"\n")  # many lines, one event
+    for _ in range(30):
+        p.feed(b"data: " + b"x" * 50 + b"\n")  # many lines, one event
+    assert isinstance(p.overflow, BufferOverflow)
     p = SSEParser(max_event_bytes=1000)
     assert len(p.feed((b"data: " + b"x" * 900 + b"\n\n") * 20)) == 20  # under the limit, fine
+    assert p.overflow is None
+
+
+def _overflowing(stream: bytes, limit: int, cuts: list[int]) -> tuple[list[SSEEvent], BufferOverflow | None]:
+    p = SSEParser(max_event_bytes=limit)
+    out: list[SSEEvent] = []
+    pos = 0
+    for size in cuts:
+        out += p.feed(stream[pos : pos + size])
+        pos += size
+    out += p.feed(stream[pos:])
+    return out, p.overflow
+
+
+@pytest.mark.parametrize("oversized", [
+    b"data: " + b"x" * 200 + b"\n\n",  # one long line (fast-path shape)
+    b": comment\ndata: " + b"x" * 200 + b"\n\n",  # the same on the general path
+    b"data: " + b"x" * 60 + b"\n" + (b"data: " + b"y" * 60 + b"\n") * 3 + b"\n",  # the data buffer outgrows it
+    b"data: " + b"x" * 200,  # a partial line that outgrows it
+    b"event: " + b"e" * 200 + b"\n",  # any field line
+])
+def test_events_before_an_oversized_one_are_returned(oversized: bytes) -> None:
+    before = b'data: {"a":1}\n\nevent: x\ndata: 2\n\ndata: 3\n\n'
+    stream = before + oversized + b"data: after\n\n"
+    for cuts in ([], [len(before) - 5], [len(before) + 3], [20, 40, 60], [1] * 60):
+        events, overflow = _overflowing(stream, 100, cuts)
+        assert as_tuples(events) == [("message", '{"a":1}', ""), ("x", "2", ""), ("message", "3", "")], cuts
+        assert isinstance(overflow, BufferOverflow), cuts
+
+
+def test_exact_limit_passes_one_byte_more_overflows() -> None:
+    limit = 50
+    exact = b"data: " + b"x" * (limit - 6)  # a line of exactly the limit
+    for line, ok in ((exact, True), (exact + b"x", False)):
+        for prefix in (b"", b": c\n"):  # the fast path and the general path
+            stream = prefix + line + b"\n\n"
+            for cuts in ([], [7], [1] * len(stream)):
+                events, overflow = _overflowing(stream, limit, cuts)
+                assert (overflow is None) is ok, (line, prefix, cuts)
+                assert len(events) == (1 if ok else 0)
+    # the data buffer: values plus one LF each
+    two = b"data: " + b"x" * 24 + b"\ndata: " + b"y" * 24 + b"\n\n"  # 25 + 25 = 50
+    assert _overflowing(two, 50, [])[1] is None
+    assert isinstance(_overflowing(two, 49, [])[1], BufferOverflow)
 
 
 # -- properties --------------------------------------------------------------------
