@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -43,12 +43,20 @@ class BytesProducer:
     __slots__ = ("_body", "length")
 
     def __init__(self, body: bytes) -> None:
-        self._body = body
+        self._body: bytes | None = body
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        if self._body is None:
+            return fail(RuntimeError("the request body was released: the response had begun"))
         consumer.write(self._body)
         return succeed(None)
+
+    def release(self) -> None:
+        """The response has begun, so the request will not be sent again:
+        let the body go (Twisted holds the request until the response ends,
+        which for a stream is minutes)."""
+        self._body = None
 
     def pauseProducing(self) -> None:
         pass
@@ -96,7 +104,7 @@ class _BodyCollector(Protocol):
         self.size += len(data)
         if self.size > MAX_RESPONSE_BODY:
             self._fail(BufferOverflow(
-                f"the response body from {self.exchange.request.display_url} is over {MAX_RESPONSE_BODY} "
+                f"the response body from {self.exchange.url} is over {MAX_RESPONSE_BODY} "
                 "bytes (decoded); use stream() for large replies"
             ))
             return
@@ -127,6 +135,11 @@ class PostExchange:
     ``timeout`` then runs from the start.
     """
 
+    __slots__ = (
+        "_cancelled", "_collector", "_producer", "_request_d", "_response", "_timed_out", "_timer",
+        "connect_timeout", "reactor", "result", "shared_pool", "timeout", "url",
+    )
+
     def __init__(
         self,
         reactor: Any,
@@ -136,7 +149,8 @@ class PostExchange:
         shared_pool: bool,
     ) -> None:
         self.reactor = reactor
-        self.request = request
+        self.url = request.display_url
+        self._producer: BytesProducer | None = BytesProducer(request.body)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.shared_pool = shared_pool
@@ -148,10 +162,11 @@ class PostExchange:
         self._timed_out = False
         self._cancelled = False
 
-    def start(self, send: Callable[[], Deferred[Any]]) -> Deferred[RawResponse]:
-        d = send_with_ticket(
-            send, self.connect_timeout, self._connected, self.request.display_url, self.shared_pool
-        )
+    def start(self, send: Callable[[BytesProducer], Deferred[Any]]) -> Deferred[RawResponse]:
+        """Send with ``send(body_producer)``; fire with the whole response."""
+        producer = self._producer
+        assert producer is not None
+        d = send_with_ticket(lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool)
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return self.result
@@ -177,6 +192,9 @@ class PostExchange:
             self._timer = None
 
     def _got_response(self, response: IResponse) -> None:
+        if self._producer is not None:
+            self._producer.release()
+            self._producer = None
         if self._cancelled:
             return
         self._response = response
@@ -200,7 +218,7 @@ class PostExchange:
         self._stop_timer()
         if self._cancelled or self.result.called:
             return
-        url = self.request.display_url
+        url = self.url
         if self._timed_out:
             failure = Failure(RequestTimeout("receive", self.timeout, url))
         else:
@@ -214,7 +232,7 @@ class PostExchange:
         collector = self._collector
         response = self._response
         assert collector is not None and response is not None
-        url = self.request.display_url
+        url = self.url
         err: Exception | None = collector.error
         if err is None and self._timed_out:
             err = RequestTimeout("receive", self.timeout, url)
@@ -244,5 +262,5 @@ class PostExchange:
     def _fail(self, failure: Failure) -> None:
         # The caller receives this failure and decides what it means: log it
         # for debugging only.
-        log.debug("POST {url} failed: {error}", url=self.request.display_url, error=str(failure.value))
+        log.debug("POST {url} failed: {error}", url=self.url, error=str(failure.value))
         self.result.errback(failure)

@@ -12,8 +12,8 @@ import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent
 
+from .endpoints import SharedAgent
 from .pool import SHUTDOWN_WAIT, NousConnectionPool
 from .reactors import default_reactor
 from .settings import Settings, current
@@ -30,12 +30,12 @@ class Shared:
     def __init__(self, reactor: Any, settings: Settings) -> None:
         self.reactor = reactor
         self.pool = NousConnectionPool(reactor, settings.pool)
-        self.agent = Agent(reactor, contextFactory=build_policy(effective_bundle(settings)), pool=self.pool)
+        self.agent = SharedAgent(reactor, build_policy(effective_bundle(settings)), self.pool)
         self.active: set[Any] = set()
         self._trigger: Any = reactor.addSystemEventTrigger("before", "shutdown", self._before_shutdown)
 
     def rebuild_tls(self, settings: Settings) -> None:
-        self.agent = Agent(self.reactor, contextFactory=build_policy(effective_bundle(settings)), pool=self.pool)
+        self.agent = SharedAgent(self.reactor, build_policy(effective_bundle(settings)), self.pool)
         # The pool key ignores the TLS policy: connections verified under the
         # old trust roots must not be reused.
         self.pool.drop_idle()

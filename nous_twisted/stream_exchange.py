@@ -20,6 +20,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from .errors import NousHTTPError, TransportError
+from .exchange import BytesProducer
 from .failures import classify, describe, reasons
 from .pool import abort_transport, send_with_ticket
 from .request import HTTPRequest
@@ -57,6 +58,11 @@ class _Receiver(Protocol):
 class StreamExchange:
     """One streaming request on the wire; the core's ByteSource."""
 
+    __slots__ = (
+        "_aborted", "_body_over", "_body_transport", "_drain_timer", "_producer", "_request_d",
+        "clock", "connect_timeout", "core", "paused", "shared_pool", "url",
+    )
+
     def __init__(
         self,
         core: StreamCore,
@@ -67,7 +73,8 @@ class StreamExchange:
     ) -> None:
         self.core = core
         self.clock = clock
-        self.request = request
+        self.url = request.display_url
+        self._producer: BytesProducer | None = BytesProducer(request.body)
         self.connect_timeout = connect_timeout
         self.shared_pool = shared_pool
         self.paused = False
@@ -77,10 +84,13 @@ class StreamExchange:
         self._drain_timer: IDelayedCall | None = None
         self._body_over = False
 
-    def start(self, send: Callable[[], Deferred[Any]], registry: set[Any] | None) -> None:
+    def start(self, send: Callable[[BytesProducer], Deferred[Any]], registry: set[Any] | None) -> None:
+        """Send with ``send(body_producer)``; feed the core."""
         core = self.core
         core.attach(self, registry)
-        d = send_with_ticket(send, self.connect_timeout, core.connected, self.request.display_url, self.shared_pool)
+        producer = self._producer
+        assert producer is not None
+        d = send_with_ticket(lambda: send(producer), self.connect_timeout, core.connected, self.url, self.shared_pool)
         if not d.called:
             self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
@@ -89,6 +99,9 @@ class StreamExchange:
 
     def _got_response(self, response: IResponse) -> None:
         self._request_d = None
+        if self._producer is not None:
+            self._producer.release()
+            self._producer = None
         if self._aborted:
             # Cancelled as the response arrived: do not leave it unread.
             response.deliverBody(_Discard())
@@ -103,12 +116,12 @@ class StreamExchange:
         self._request_d = None
         if self._aborted:
             return
-        failure = classify(failure, self.request.display_url)
+        failure = classify(failure, self.url)
         if isinstance(failure.value, NousHTTPError):
             self.core.failed(failure.value)
         else:
             self.core.failed(
-                TransportError(f"the stream to {self.request.display_url} failed: {describe(failure.value)}")  # type: ignore[arg-type]
+                TransportError(f"the stream to {self.url} failed: {describe(failure.value)}")  # type: ignore[arg-type]
             )
 
     def _body_lost(self, reason: Failure) -> None:

@@ -111,6 +111,15 @@ class ByteSource(Protocol):
 class StreamCore:
     """The events of one streaming request.  See the module docstring."""
 
+    # Thousands of streams may be open at once: no instance dict.
+    __slots__ = (
+        "__weakref__", "_asked_at", "_clock", "_collect_limit", "_collected", "_consumer_paused",
+        "_count_since", "_decoder", "_eof_pending", "_idle_timer", "_idle_used", "_inflater", "_kept",
+        "_kept_size", "_max_event_bytes", "_max_pause", "_policy", "_queue", "_registry", "_seconds",
+        "_secrets", "_source", "_stall_timer", "_state", "_terminal", "_waiter", "bytes_received",
+        "format", "headers", "max_buffered", "status", "timeout", "url",
+    )
+
     def __init__(
         self,
         clock: Any,

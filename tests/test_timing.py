@@ -581,7 +581,7 @@ def _request() -> HTTPRequest:
 def make_exchange(clock: Clock, policy: Policy) -> tuple[StreamCore, FakeResponse, Reader]:
     core = StreamCore(clock, URL, 1000, None, policy, None, 1 << 20)
     sent: Deferred[Any] = Deferred()
-    StreamExchange(core, clock, _request(), 10, False).start(lambda: sent, None)
+    StreamExchange(core, clock, _request(), 10, False).start(lambda body: sent, None)
     reader = Reader(core)
     response = FakeResponse()
     sent.callback(response)
@@ -636,7 +636,7 @@ def test_draining_reads_on_a_socket_paused_for_the_reader() -> None:
     clock = Clock()
     core = StreamCore(clock, URL, 1000, None, StrictPull(), None, 1 << 20)
     sent: Deferred[Any] = Deferred()
-    StreamExchange(core, clock, _request(), 10, False).start(lambda: sent, None)
+    StreamExchange(core, clock, _request(), 10, False).start(lambda body: sent, None)
     response = FakeResponse()
     sent.callback(response)
     response.protocol.dataReceived(ev(1))  # nobody asks: strict pull pauses the transport
@@ -882,7 +882,7 @@ def _post(clock: Clock, shared_pool: bool, timeout: float = 5.0) -> tuple[Deferr
     sent: Deferred[Any] = Deferred()
     tickets: list[Any] = []
 
-    def send() -> Deferred[Any]:
+    def send(body: Any) -> Deferred[Any]:
         tickets.append(CONNECT_TICKET.get())
         return sent
 

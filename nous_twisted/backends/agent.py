@@ -16,9 +16,9 @@ from ..response import RawResponse
 from ..shared import get_shared
 
 
-def agent_send(agent: IAgent, request: HTTPRequest) -> Deferred[Any]:
+def agent_send(agent: IAgent, request: HTTPRequest, body: BytesProducer) -> Deferred[Any]:
     """POST through an Agent, the body written in one go."""
-    return agent.request(b"POST", request.url_bytes, request.twisted_headers(), BytesProducer(request.body))
+    return agent.request(b"POST", request.url_bytes, request.twisted_headers(), body)
 
 
 @implementer(IHTTPBackend)
@@ -39,7 +39,7 @@ class AgentBackend:
         reactor = default_reactor(reactor)
         use: IAgent = get_shared(reactor).agent if agent is None else agent
         exchange = PostExchange(reactor, request, timeout, connect_timeout, agent is None)
-        return exchange.start(lambda: agent_send(use, request))
+        return exchange.start(lambda body: agent_send(use, request, body))
 
     def __repr__(self) -> str:
         return "AgentBackend()"

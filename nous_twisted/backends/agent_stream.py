@@ -58,7 +58,7 @@ class AgentStreamBackend:
             request.secrets,
         )
         StreamExchange(core, reactor, request, connect_timeout, agent is None).start(
-            lambda: agent_send(use, request), shared.active
+            lambda body: agent_send(use, request, body), shared.active
         )
         return EventStream(core, reactor)
 

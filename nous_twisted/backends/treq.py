@@ -87,7 +87,20 @@ def treq_client(agent: IAgent) -> HTTPClient:
     return client
 
 
-def treq_send(client: HTTPClient, request: HTTPRequest, reactor: Any) -> Deferred[Any]:
+# treq parses the URL it is given on every call; hand it one parsed once.
+_treq_urls: dict[bytes, Any] = {}
+
+
+def _treq_url(request: HTTPRequest) -> Any:
+    url = _treq_urls.get(request.url_bytes)
+    if url is None:
+        if len(_treq_urls) >= 256:
+            _treq_urls.clear()
+        url = _treq_urls[request.url_bytes] = request.treq_url()
+    return url
+
+
+def treq_send(client: HTTPClient, request: HTTPRequest, body: BytesProducer, reactor: Any) -> Deferred[Any]:
     """POST through treq with an unbuffered response (the body is read by
     the caller, under its own limits) and without following redirects."""
     headers = request.twisted_headers()
@@ -98,9 +111,9 @@ def treq_send(client: HTTPClient, request: HTTPRequest, reactor: Any) -> Deferre
         headers.setRawHeaders(b"x-nous-twisted-accept-encoding", accept)
     d: Deferred[Any] = client.request(
         "POST",
-        request.treq_url(),
+        _treq_url(request),
         headers=headers,
-        data=BytesProducer(request.body),
+        data=body,
         allow_redirects=False,
         unbuffered=True,
         reactor=reactor,
@@ -130,7 +143,7 @@ class TreqBackend:
         reactor = default_reactor(reactor)
         client = treq_client(get_shared(reactor).agent if agent is None else agent)
         exchange = PostExchange(reactor, request, timeout, connect_timeout, agent is None)
-        return exchange.start(lambda: treq_send(client, request, reactor))
+        return exchange.start(lambda body: treq_send(client, request, body, reactor))
 
     def __repr__(self) -> str:
         return "TreqBackend()"

@@ -66,7 +66,7 @@ class TreqStreamBackend:
             request.secrets,
         )
         StreamExchange(core, reactor, request, connect_timeout, agent is None).start(
-            lambda: treq_send(client, request, reactor), shared.active
+            lambda body: treq_send(client, request, body, reactor), shared.active
         )
         return EventStream(core, reactor)
 
