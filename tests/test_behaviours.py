@@ -23,9 +23,11 @@ import orjson
 import pytest
 import pytest_twisted
 import trustme
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHostnameResolver, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from zope.interface import directlyProvides, implementer, providedBy
@@ -321,3 +323,260 @@ async def test_stop_producing_a_paused_stream_ends_it(backend: str, reader: str)
         assert result == StreamDone("cancelled"), f"a stream stopped while paused ended with {result!r}"
         assert seen[2:] == [StreamDone("cancelled")], seen[2:]
         await wait_for(lambda: slow.open_connections == 0, timeout=2.0)
+
+
+# -- reactor= given per call -------------------------------------------------------------------------------------
+
+
+class ReactorView:
+    """The running reactor under another identity, counting the methods taken
+    from it.  Everything is done by the real reactor; only the identity
+    differs, so a library that used the global reactor instead of the one
+    given would put its pool, timers and connections on the wrong one."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.used: Counter[str] = Counter()
+        directlyProvides(self, providedBy(real))
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._real, name)
+        if callable(value):
+            self.used[name] += 1
+        return value
+
+
+@pytest.fixture
+def view() -> Any:
+    v = ReactorView(get_reactor())
+    yield v
+    pytest_twisted.blockon(nous_twisted.shutdown(reactor=v))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_reactor_argument_of_post(fake: FakeLLMServer, view: Any, backend: str) -> None:
+    reply = await post(fake.chat_url, ASK, backend=backend, reactor=view)
+    assert reply["object"] == "chat.completion"
+    assert view.used["connectTCP"] == 1  # the connection was made by the reactor given
+    assert view.used["callLater"] >= 1  # and the receive timer set on it
+    assert pool_counts(view) == (1, 1, 0)  # its own pool keeps the connection
+    assert pool_counts() == (0, 0, 0)  # the global reactor's pool never saw it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_reactor_argument_of_stream(fake: FakeLLMServer, view: Any, backend: str) -> None:
+    events = [e async for e in stream(fake.chat_url, CHAT, stream_backend=backend, reactor=view)]
+    assert events[-1] == StreamDone("stop")
+    assert text_of(events) == "".join(reply_tokens(fake.reply_tokens))
+    assert view.used["connectTCP"] == 1
+    assert view.used["callLater"] >= 1  # the idle timer
+    assert pool_counts(view) == (1, 1, 0)
+    assert pool_counts() == (0, 0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactor_argument_of_shutdown(view: Any) -> None:
+    """shutdown(reactor=R) ends R's streams and closes R's connections, and
+    only those."""
+    async with FakeLLMServer(reply_tokens=500, token_delay=0.01) as slow:
+        mine = stream(slow.chat_url, CHAT, reactor=view)
+        other = stream(slow.chat_url, CHAT)
+        await wait_for(lambda: mine.buffered > 0 and other.buffered > 0)
+        assert slow.open_connections == 2
+        await nous_twisted.shutdown(reactor=view)
+        assert mine.done and not other.done
+        events = [e async for e in mine]
+        assert isinstance(events[-1], StreamError) and type(events[-1].error) is TransportError, events[-1]
+        assert "shutdown()" in str(events[-1].error)
+        await wait_for(lambda: slow.open_connections == 1, timeout=2.0)
+        assert pool_counts() == (1, 0, 0)  # the global reactor's stream still runs
+        assert not other.done
+        other.cancel()
+
+
+# -- stream(agent=...) ---------------------------------------------------------------------------------------------
+
+
+@implementer(IAgent)
+class CountingAgent:
+    """A caller's own agent: a real Agent on a pool of its own, counting requests."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.agent = Agent(reactor, pool=self.pool)
+        self.requests: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:
+        self.requests.append(uri)
+        return self.agent.request(method, uri, headers, bodyProducer)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_stream_through_a_callers_agent(fake: FakeLLMServer, backend: str) -> None:
+    agent = CountingAgent(get_reactor())
+    try:
+        events = [e async for e in stream(fake.chat_url + "?x=1", CHAT, stream_backend=backend, agent=agent)]
+        assert events[-1] == StreamDone("stop")
+        assert text_of(events) == "".join(reply_tokens(fake.reply_tokens))
+        assert agent.requests == [fake.chat_url.encode() + b"?x=1"]
+        # The connection went back to the caller's pool, not the shared one.
+        assert sum(len(c) for c in agent.pool._connections.values()) == 1
+        assert pool_counts() == (0, 0, 0)
+        # A failure through it is a StreamError like any other.
+        fake.inject(Fault(status=503))
+        events = [e async for e in stream(fake.chat_url, CHAT, stream_backend=backend, agent=agent)]
+        assert len(events) == 1 and isinstance(events[0], StreamError)
+        assert type(events[0].error) is HTTPStatusError and events[0].error.status == 503
+        assert len(agent.requests) == 2
+    finally:
+        await agent.pool.closeCachedConnections()
+
+
+# -- shutdown(): queued requests, the bounded wait, before the reactor stops -----------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_ends_requests_queued_for_a_pool_slot(fake: FakeLLMServer) -> None:
+    nous_twisted.configure(pool=PoolSettings(max_connections=1))
+    fake.inject(Fault(stall_after_events=1))
+    holder = stream(fake.chat_url, CHAT)
+    await wait_for(lambda: holder.buffered > 0)
+    queued_posts = [post(fake.chat_url, ASK, backend=b) for b in BACKENDS]
+    queued_streams = [stream(fake.chat_url, CHAT, stream_backend=b) for b in BACKENDS]
+    assert shared_pool().waiting() == 4
+    pool = shared_pool()
+    await nous_twisted.shutdown()
+    # The shutdown's Deferred fires once the connections are closed.
+    assert pool.open_connections() == 0 and pool.waiting() == 0
+    for d in queued_posts:
+        err = await outcome(within(d, 2.0))
+        assert isinstance(err, TransportError), f"a queued post ended with {err!r}"
+        assert "shutdown" in str(err), err
+    for s in [holder, *queued_streams]:
+        assert s.done
+        events = [e async for e in s]
+        assert isinstance(events[-1], StreamError) and type(events[-1].error) is TransportError, events[-1]
+        assert "shutdown()" in str(events[-1].error)
+    assert len(fake.requests) == 1  # the queued requests never reached the server
+    await wait_for(lambda: fake.open_connections == 0, timeout=2.0)
+
+
+def test_shutdown_wait_is_bounded() -> None:
+    """A connection that never reports closed does not hold shutdown() past
+    its wait (the pool on a MemoryReactorClock, as Twisted's own agent tests
+    run it: a real socket always closes within a turn of the reactor)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from nous_twisted.pool import NousConnectionPool
+
+    for closes in (False, True):
+        reactor = MemoryReactorClock()
+        pool = NousConnectionPool(reactor, PoolSettings())
+        got = pool.getConnection((b"http", b"h.example", 80), TCP4ClientEndpoint(reactor, "h.example", 80))
+        factory = reactor.tcpClients[0][2]
+        transport = StringTransport()
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        assert got.called and pool.open_connections() == 1
+        with LogCapture() as logs:
+            done = pool.close_all(wait=5.0)
+            assert transport.disconnected, "close_all() did not abort the connection"
+            if closes:
+                proto.connectionLost(Failure(ConnectionDone()))
+                assert done.called and pool.open_connections() == 0
+                assert "still open" not in logs.text()
+                continue
+            reactor.advance(4.9)
+            assert not done.called, "shutdown() did not wait for the connection to close"
+            reactor.advance(0.2)
+            assert done.called, "shutdown() waited past its bound"
+            assert done.result is None
+            # Nobody receives that failure: it is worth a warning (docs/errors.md, Logging).
+            assert "still open after 5" in logs.text(), logs.text()
+        # The connection closing late is no error.
+        proto.connectionLost(Failure(ConnectionDone()))
+        assert pool.open_connections() == 0
+
+
+_BEFORE_STOP = """
+import sys
+if sys.argv[1] == "asyncio":
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install()
+import orjson
+from twisted.internet import reactor
+
+import nous_twisted
+from nous_twisted.shared import get_shared
+from nous_twisted.testing import FakeLLMServer, Fault
+
+out = {}
+CHAT = {"model": "m", "stream": True, "messages": []}
+
+
+def report():
+    # "after shutdown": nothing runs on the reactor any more
+    out["pool_open"] = pool.open_connections()
+    out["pool_waiting"] = pool.waiting()
+    print(orjson.dumps(out).decode())
+
+
+def ended(name):
+    def record(result):
+        out[name] = type(getattr(result, "error", None) or getattr(result, "value", result)).__name__
+        out[name + "_text"] = str(getattr(result, "error", None) or getattr(result, "value", result))
+    return record
+
+
+def main():
+    global pool
+    server = FakeLLMServer(reply_tokens=500, token_delay=0.01)
+    server.start()
+    server.inject(Fault(stall_after_events=1))
+    nous_twisted.configure(pool=nous_twisted.PoolSettings(max_connections=1))
+    s = nous_twisted.stream(server.chat_url, CHAT, stream_backend=sys.argv[2])
+    events = []
+    s.consume(events.append).addBoth(ended("holder"))
+    nous_twisted.post(server.chat_url, {"model": "m"}, backend=sys.argv[2]).addBoth(ended("queued_post"))
+    q = nous_twisted.stream(server.chat_url, CHAT, stream_backend=sys.argv[2])
+    q.consume(lambda e: None).addBoth(ended("queued_stream"))
+    pool = get_shared().pool
+
+    def check():
+        if events:
+            out["waiting_at_stop"] = pool.waiting()
+            reactor.stop()
+        else:
+            reactor.callLater(0.01, check)
+
+    check()
+
+
+reactor.addSystemEventTrigger("after", "shutdown", report)
+reactor.callWhenRunning(main)
+reactor.run()
+"""
+
+
+@pytest.mark.parametrize("reactor_name", ["default", "asyncio"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shutdown_runs_before_the_reactor_stops(backend: str, reactor_name: str, tmp_path: Any) -> None:
+    script = tmp_path / "stop_while_busy.py"
+    script.write_text(textwrap.dedent(_BEFORE_STOP))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(script), reactor_name, backend],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
+    out = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["waiting_at_stop"] == 2
+    # Before the reactor stopped, shutdown() ended the open stream and both
+    # queued requests with a TransportError, and closed every connection.
+    assert out["holder"] == "TransportError" and "shutdown()" in out["holder_text"], out
+    assert out["queued_stream"] == "TransportError", out
+    assert out["queued_post"] == "TransportError", out
+    assert out["pool_open"] == 0 and out["pool_waiting"] == 0, out
