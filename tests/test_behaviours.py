@@ -580,3 +580,164 @@ def test_shutdown_runs_before_the_reactor_stops(backend: str, reactor_name: str,
     assert out["queued_stream"] == "TransportError", out
     assert out["queued_post"] == "TransportError", out
     assert out["pool_open"] == 0 and out["pool_waiting"] == 0, out
+
+
+# -- ca_bundle changed on a live pool ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_ca_file(tmp_path: Any) -> str:
+    path = os.path.join(str(tmp_path), "other-ca.pem")
+    trustme.CA().cert_pem.write_to_path(path)
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_new_ca_bundle_drops_idle_connections_verified_under_the_old_one(
+    ca: trustme.CA, ca_file: str, other_ca_file: str, backend: str
+) -> None:
+    nous_twisted.configure(ca_bundle=ca_file)
+    async with FakeLLMServer(tls=server_tls_options(ca, "localhost"), host="localhost") as server:
+        assert (await post(server.chat_url, ASK, backend=backend))["object"] == "chat.completion"
+        assert server.open_connections == 1  # idle in the pool, verified under ca_file
+        nous_twisted.configure(ca_bundle=other_ca_file)
+        await wait_for(lambda: server.open_connections == 0, timeout=2.0)
+        # The next request verifies again, under the new roots, which do not
+        # trust this server.
+        err = await outcome(post(server.chat_url, ASK, backend=backend))
+        assert type(err) is TLSError, f"{err!r}"
+        assert server.connections_made == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_new_ca_bundle_also_covers_connections_busy_at_the_change(
+    ca: trustme.CA, ca_file: str, other_ca_file: str, backend: str
+) -> None:
+    """A connection in use when the roots change must not come back to the
+    pool and carry a request verified under the old roots."""
+    nous_twisted.configure(ca_bundle=ca_file)
+    async with FakeLLMServer(
+        reply_tokens=20, token_delay=0.01, tls=server_tls_options(ca, "localhost"), host="localhost"
+    ) as server:
+        s = stream(server.chat_url, CHAT, stream_backend=backend)
+        await wait_for(lambda: s.buffered > 0)
+        nous_twisted.configure(ca_bundle=other_ca_file)
+        # The stream in flight may finish or be cut: either way its end is the
+        # end of that connection's use.
+        async for _ in s:
+            pass
+        err = await outcome(post(server.chat_url, ASK, backend=backend))
+        assert type(err) is TLSError, f"a request after the change rode a connection verified under the old roots: {err!r}"
+
+
+# -- size limits: a post reply over 64 MiB, a stream error body over 1 MiB ---------------------------------------
+
+
+@pytest.mark.parametrize("over", [0, 1], ids=["at_the_limit", "one_byte_over"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_post_reply_over_64_mib_is_buffer_overflow(backend: str, over: int) -> None:
+    from nous_twisted.exchange import MAX_RESPONSE_BODY
+
+    assert MAX_RESPONSE_BODY == 64 * MiB
+    body = b"[" + b" " * (64 * MiB - 2 + over) + b"]"
+    reply = response(200, body)
+    del body
+    async with FaultServer([write(reply)]) as server:
+        del reply
+        result = await outcome(post(server.url("/v1/x?key=QUERYSECRET1"), ASK, backend=backend))
+        if not over:
+            assert result == []
+            assert pool_counts() == (1, 1, 0)
+            return
+        assert type(result) is BufferOverflow, f"{result!r}"
+        shown = f"http://127.0.0.1:{server.port_number}/v1/x?..."
+        assert str(result) == (
+            f"the response body from {shown} is over {64 * MiB} bytes (decoded); use stream() for large replies"
+        )
+        # The connection is aborted, not drained nor returned to the pool.
+        await wait_for(lambda: server.open_connections == 0, timeout=5.0)
+        assert pool_counts() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_stream_error_body_is_cut_at_1_mib_and_the_connection_aborted(backend: str) -> None:
+    from nous_twisted.streamcore import MAX_ERROR_BODY
+
+    assert MAX_ERROR_BODY == MiB
+    # A 500 whose body goes on and on (2 MiB, and the chunked body never ends).
+    script = [write(head(500, (("Content-Type", "text/plain"),)) + chunk(b"e" * (2 * MiB))), HOLD]
+    async with FaultServer(script) as server:
+        events = [e async for e in stream(server.url(), CHAT, stream_backend=backend, timeout=30)]
+        assert len(events) == 1 and isinstance(events[0], StreamError), events
+        err = events[0].error
+        assert type(err) is HTTPStatusError and err.status == 500, f"{err!r}"
+        assert err.body == "e" * MiB
+        await wait_for(lambda: server.open_connections == 0, timeout=5.0)
+        assert pool_counts() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_stream_error_body_under_1_mib_is_whole(backend: str) -> None:
+    body = orjson.dumps({"error": {"message": "m" * (MiB - 100)}})
+    script = [write(head(503, (("Content-Type", "application/json"),)) + chunk(body) + LAST_CHUNK)]
+    async with FaultServer(script) as server:
+        events = [e async for e in stream(server.url(), CHAT, stream_backend=backend)]
+        err = events[0].error
+        assert type(err) is HTTPStatusError and err.status == 503
+        assert err.body == orjson.loads(body)
+
+
+# -- DNS failure ----------------------------------------------------------------------------------------------------
+
+
+@implementer(IHostnameResolver)
+class NoAddresses:
+    """A name resolver that answers every name with no address (NXDOMAIN)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, addressTypes: Any = None,
+                        transportSemantics: str = "TCP") -> Any:
+        from twisted.internet._resolver import HostResolution
+
+        self.asked.append(hostName)
+        receiver.resolutionBegan(HostResolution(hostName))
+        receiver.resolutionComplete()
+        return receiver
+
+
+@pytest.fixture
+def no_dns() -> Any:
+    reactor = get_reactor()
+    old = reactor.nameResolver
+    resolver = NoAddresses()
+    reactor.installNameResolver(resolver)
+    try:
+        yield resolver
+    finally:
+        reactor.installNameResolver(old)
+
+
+@pytest.mark.parametrize("mode", ["post", "stream"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_dns_failure_is_connect_error(no_dns: NoAddresses, backend: str, mode: str) -> None:
+    url = f"https://nowhere-{backend}-{mode}.example.test/v1/chat/completions?key=QUERYSECRET1"
+    if mode == "post":
+        err = await outcome(post(url, ASK, backend=backend))
+    else:
+        events = [e async for e in stream(url, CHAT, stream_backend=backend)]
+        assert len(events) == 1 and isinstance(events[0], StreamError), events
+        err = events[0].error
+    assert type(err) is ConnectError, f"{err!r}"
+    assert no_dns.asked == [f"nowhere-{backend}-{mode}.example.test"]
+    text = str(err)
+    assert text.startswith(f"cannot resolve the host of https://nowhere-{backend}-{mode}.example.test/v1/chat/completions?...")
+    assert "QUERYSECRET1" not in text and "QUERYSECRET1" not in repr(err)
+    assert pool_counts() == (0, 0, 0)
