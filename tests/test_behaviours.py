@@ -741,3 +741,220 @@ async def test_dns_failure_is_connect_error(no_dns: NoAddresses, backend: str, m
     assert text.startswith(f"cannot resolve the host of https://nowhere-{backend}-{mode}.example.test/v1/chat/completions?...")
     assert "QUERYSECRET1" not in text and "QUERYSECRET1" not in repr(err)
     assert pool_counts() == (0, 0, 0)
+
+
+# -- EventStream misuse --------------------------------------------------------------------------------------------
+
+
+async def read_all(s: Any) -> list[Any]:
+    return [e async for e in s]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_two_concurrent_async_for_readers(fake: FakeLLMServer, backend: str) -> None:
+    s = stream(fake.chat_url, CHAT, stream_backend=backend)
+    first = Deferred.fromCoroutine(read_all(s))  # now waiting for the first event
+    assert not first.called
+    with pytest.raises(RuntimeError) as info:
+        async for _ in s:
+            pass
+    assert str(info.value) == "this EventStream is already being awaited by another reader; read it from one place"
+    events = await first  # the first reader is unharmed
+    assert events[-1] == StreamDone("stop")
+    assert text_of(events) == "".join(reply_tokens(fake.reply_tokens))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_consume_twice(fake: FakeLLMServer, backend: str) -> None:
+    s = stream(fake.chat_url, CHAT, stream_backend=backend)
+    seen: list[Any] = []
+    done = s.consume(seen.append)
+    with pytest.raises(RuntimeError) as info:
+        s.consume(seen.append)
+    assert str(info.value) == "consume() was already called on this EventStream"
+    assert await done == StreamDone("stop")
+    assert text_of(seen) == "".join(reply_tokens(fake.reply_tokens))
+    assert seen.count(StreamDone("stop")) == 1
+
+
+@pytest.mark.parametrize("first", ["async_for", "consume"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_mixing_ways_to_read(fake: FakeLLMServer, backend: str, first: str) -> None:
+    s = stream(fake.chat_url, CHAT, stream_backend=backend)
+    seen: list[Any] = []
+    if first == "async_for":
+        reading = Deferred.fromCoroutine(read_all(s))
+        with pytest.raises(RuntimeError) as info:
+            s.consume(seen.append)
+        assert str(info.value) == "this EventStream is already read by 'async for'; use one way to read it"
+        assert seen == []
+        events = await reading
+    else:
+        reading = s.consume(seen.append)
+        with pytest.raises(RuntimeError) as info:
+            async for _ in s:
+                pass
+        assert str(info.value) == "this EventStream is already read by consume(); use one way to read it"
+        await reading
+        events = seen
+    assert events[-1] == StreamDone("stop")
+    assert text_of(events) == "".join(reply_tokens(fake.reply_tokens))
+
+
+# -- configure() with every accepted backend form -----------------------------------------------------------------
+
+
+@implementer(IHTTPBackend)
+class RecordingBackend(AgentBackend):
+    """A custom post backend, the usual way: a subclass of a built-in one."""
+
+    calls: ClassVar[list[str]] = []
+
+    def post(self, request: Any, **kw: Any) -> Any:
+        RecordingBackend.calls.append(request.display_url)
+        return super().post(request, **kw)
+
+
+@implementer(IStreamBackend)
+class RecordingStreamBackend(AgentStreamBackend):
+    calls: ClassVar[list[str]] = []
+
+    def stream(self, request: Any, **kw: Any) -> Any:
+        RecordingStreamBackend.calls.append(request.display_url)
+        return super().stream(request, **kw)
+
+
+MODULE = __name__  # "tests.test_behaviours" under pytest
+
+
+def backend_forms(cls: type) -> list[tuple[str, Any]]:
+    return [
+        ("class", cls),
+        ("instance", cls()),
+        ("dotted_path", f"{MODULE}.{cls.__name__}"),
+        ("colon_path", f"{MODULE}:{cls.__name__}"),
+    ]
+
+
+@pytest.mark.parametrize("form", ["class", "instance", "dotted_path", "colon_path"])
+@pytest_twisted.ensureDeferred
+async def test_configure_http_backend_forms(fake: FakeLLMServer, form: str) -> None:
+    value = dict(backend_forms(RecordingBackend))[form]
+    RecordingBackend.calls.clear()
+    settings = nous_twisted.configure(http_backend=value)
+    assert settings.http_backend is value
+    assert (await post(fake.chat_url, ASK))["object"] == "chat.completion"
+    assert RecordingBackend.calls == [fake.chat_url]
+    nous_twisted.configure(http_backend=None)  # back to treq
+    await post(fake.chat_url, ASK)
+    assert RecordingBackend.calls == [fake.chat_url]
+
+
+@pytest.mark.parametrize("form", ["class", "instance", "dotted_path", "colon_path"])
+@pytest_twisted.ensureDeferred
+async def test_configure_stream_backend_forms(fake: FakeLLMServer, form: str) -> None:
+    value = dict(backend_forms(RecordingStreamBackend))[form]
+    RecordingStreamBackend.calls.clear()
+    settings = nous_twisted.configure(http_stream_backend=value)
+    assert settings.http_stream_backend is value
+    events = [e async for e in stream(fake.chat_url, CHAT)]
+    assert events[-1] == StreamDone("stop")
+    assert RecordingStreamBackend.calls == [fake.chat_url]
+    nous_twisted.configure(http_stream_backend=None)
+    [e async for e in stream(fake.chat_url, CHAT)]
+    assert RecordingStreamBackend.calls == [fake.chat_url]
+
+
+def test_configure_names_the_key_of_a_class_that_is_not_a_backend() -> None:
+    with pytest.raises(nous_twisted.BackendConfigError) as info:
+        nous_twisted.configure(http_stream_backend=RecordingBackend)  # a post backend
+    assert info.value.setting == "configure(http_stream_backend=...)"
+    assert "does not implement IStreamBackend" in str(info.value)
+    assert nous_twisted.settings.current().http_stream_backend is None
+
+
+# -- provider error details, end to end ---------------------------------------------------------------------------
+
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+GEMINI_429 = {
+    "code": 429,
+    "message": "Resource has been exhausted (e.g. check quota).",
+    "status": "RESOURCE_EXHAUSTED",
+}
+
+
+def gemini_error(delay: Any) -> dict[str, Any]:
+    return {"error": dict(GEMINI_429, details=[
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "m"}]},
+        {"@type": RETRY_INFO, "retryDelay": delay},
+    ])}
+
+
+# id: (status, headers, body, retry_after, request_id, detail)
+PROVIDER_CASES: dict[str, tuple[int, list[tuple[str, str]], Any, float | None, str | None, str]] = {
+    "gemini_retry_delay_seconds": (429, [], gemini_error("31s"), 31.0, None, GEMINI_429["message"]),
+    "gemini_retry_delay_fraction": (429, [], gemini_error("1.5s"), 1.5, None, GEMINI_429["message"]),
+    "gemini_retry_delay_duration_object": (
+        429, [], gemini_error({"seconds": 2, "nanos": 500_000_000}), 2.5, None, GEMINI_429["message"],
+    ),
+    "gemini_error_in_a_json_array": (429, [], [gemini_error("7s")], 7.0, None, GEMINI_429["message"]),
+    "retry_after_date_in_the_past": (
+        503, [("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], {"error": {"message": "busy"}}, 0.0, None, "busy",
+    ),
+    "anthropic_request_id": (
+        529, [("request-id", "req_011CSHoEeqs5C35K2UUqR7Fy")],
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        None, "req_011CSHoEeqs5C35K2UUqR7Fy", "Overloaded",
+    ),
+    "status_300_not_followed": (
+        300, [("Location", "/v1/elsewhere")], {"error": {"message": "multiple choices"}}, None, None, "multiple choices",
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", ["post", "stream"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(PROVIDER_CASES))
+@pytest_twisted.ensureDeferred
+async def test_provider_error_details_end_to_end(case: str, backend: str, mode: str) -> None:
+    status, headers, body, retry_after, request_id, detail = PROVIDER_CASES[case]
+    reply = response(status, orjson.dumps(body), [("Content-Type", "application/json"), *headers])
+    async with FaultServer([write(reply)]) as server:
+        url = server.url("/v1beta/models/g:generateContent?key=QUERYSECRET1")
+        if mode == "post":
+            err = await outcome(post(url, ASK, backend=backend))
+        else:
+            events = [e async for e in stream(url, CHAT, stream_backend=backend)]
+            assert len(events) == 1 and isinstance(events[0], StreamError), events
+            err = events[0].error
+        assert isinstance(err, HTTPStatusError), f"{err!r}"
+        assert err.status == status
+        assert err.body == body
+        assert err.retry_after == retry_after
+        assert err.request_id == request_id
+        shown = f"http://127.0.0.1:{server.port_number}/v1beta/models/g:generateContent?..."
+        expected = f"HTTP {status} from {shown}: {detail}"
+        if request_id:
+            expected += f" (request id {request_id})"
+        if retry_after is not None:
+            expected += f"; retry after {retry_after:g} s"
+        assert str(err) == expected
+        assert len(server.requests) == 1  # a 300 is not followed
+        assert server.requests[0].target == "/v1beta/models/g:generateContent?key=QUERYSECRET1"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_anthropic_request_id_of_a_stream(backend: str) -> None:
+    sse = b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    script = [write(head(200, (("Content-Type", "text/event-stream"), ("request-id", "req_01Anthropic"))) + chunk(sse)
+                    + LAST_CHUNK)]
+    async with FaultServer(script) as server:
+        s = stream(server.url("/v1/messages"), CHAT, stream_backend=backend)
+        assert s.request_id is None  # no headers yet
+        events = [e async for e in s]
+        assert events == [{"type": "message_stop"}, StreamDone("stop")]
+        assert s.request_id == "req_01Anthropic"
