@@ -958,3 +958,104 @@ async def test_anthropic_request_id_of_a_stream(backend: str) -> None:
         events = [e async for e in s]
         assert events == [{"type": "message_stop"}, StreamDone("stop")]
         assert s.request_id == "req_01Anthropic"
+
+
+# -- redaction of x-goog-api-key, Cookie, Proxy-Authorization ----------------------------------------------------
+
+GOOG_KEY = "AIzaSyGOOGLEKEY0123456789abcdef"
+COOKIE = "session=COOKIESECRET0123456789"
+PROXY_TOKEN = "UFJPWFlTRUNSRVQ6cGFzc3dvcmQ="
+PROXY_AUTH = f"Basic {PROXY_TOKEN}"
+QUERY_KEY = "QUERYSECRET0123"
+SECRET_HEADERS = {"x-goog-api-key": GOOG_KEY, "Cookie": COOKIE, "Proxy-Authorization": PROXY_AUTH}
+HIDDEN_VALUES = (GOOG_KEY, COOKIE, PROXY_AUTH, PROXY_TOKEN, QUERY_KEY, "COOKIESECRET", "GOOGLEKEY")
+
+
+def echo_secrets(request: SeenRequest) -> list[Any]:
+    """A 401 that quotes every secret it was sent, in its body and a header."""
+    echoed = [request.header("x-goog-api-key"), request.header("cookie"), request.header("proxy-authorization"),
+              PROXY_TOKEN, QUERY_KEY]
+    body = orjson.dumps({"error": {"message": "rejected: " + " | ".join(str(v) for v in echoed),
+                                   "type": "authentication_error"}})
+    return [write(response(401, body, [("Content-Type", "application/json"), ("X-Echo", GOOG_KEY)]))]
+
+
+def test_request_repr_hides_these_headers_and_shows_the_rest() -> None:
+    url = f"https://generativelanguage.example/v1beta/models/g:generateContent?key={QUERY_KEY}&alt=sse"
+    req = prepare(url, ASK, {**SECRET_HEADERS, "anthropic-version": "2023-06-01"})
+    text = repr(req)
+    shown = "https://generativelanguage.example/v1beta/models/g:generateContent?..."
+    assert text.startswith(f"HTTPRequest(POST {shown}, {len(req.body)} bytes, headers=[")
+    assert "x-goog-api-key: <redacted>" in text and "Cookie: <redacted>" in text
+    assert "Proxy-Authorization: <redacted>" in text
+    assert "anthropic-version: 2023-06-01" in text and "content-type: application/json" in text
+    for secret in HIDDEN_VALUES + ("alt=sse",):
+        assert secret not in text, secret
+    assert {GOOG_KEY.encode(), COOKIE.encode(), PROXY_AUTH.encode(), PROXY_TOKEN.encode(),
+            QUERY_KEY.encode()} <= set(req.secrets)
+
+
+@pytest.mark.parametrize("mode", ["post", "stream"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_echoed_secret_headers_are_redacted_end_to_end(backend: str, mode: str) -> None:
+    async with FaultServer(echo_secrets) as server:
+        url = server.url(f"/v1beta/models/g:generateContent?key={QUERY_KEY}")
+        shown = f"http://127.0.0.1:{server.port_number}/v1beta/models/g:generateContent?..."
+        with LogCapture() as logs:
+            if mode == "post":
+                err = await outcome(post(url, ASK, SECRET_HEADERS, backend=backend))
+            else:
+                s = stream(url, CHAT, SECRET_HEADERS, stream_backend=backend)
+                events = [e async for e in s]
+                assert len(events) == 1 and isinstance(events[0], StreamError), events
+                err = events[0].error
+                assert s.url == shown
+                assert repr(s) == f"<EventStream {shown} done, 0 buffered>"
+        # The secrets went to the server as they are...
+        seen = server.requests[0]
+        assert (seen.header("x-goog-api-key"), seen.header("cookie"), seen.header("proxy-authorization")) == (
+            GOOG_KEY, COOKIE, PROXY_AUTH)
+        # ... and come back out nowhere: not in the message, repr, body, headers or logs,
+        assert type(err) is HTTPStatusError and err.status == 401, f"{err!r}"
+        redacted = "rejected: [redacted] | [redacted] | [redacted] | [redacted] | [redacted]"
+        assert err.body == {"error": {"message": redacted, "type": "authentication_error"}}
+        assert err.headers["x-echo"] == "[redacted]"
+        log_text = logs.text()
+        for text in (str(err), repr(err), orjson.dumps(err.body).decode(), repr(err.headers), log_text):
+            for secret in HIDDEN_VALUES:
+                assert secret not in text, (secret, text[:300])
+        # while what is safe to show is shown: the URL without its query, the
+        # provider's message with the values replaced, the other headers.
+        assert err.url == shown
+        assert str(err) == f"HTTP 401 from {shown}: {redacted}"
+        assert err.headers["content-type"] == "application/json"
+        assert shown in log_text and "[redacted]" in log_text
+
+
+# -- NUL in header values ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["post", "stream"])
+@pytest_twisted.ensureDeferred
+async def test_nul_in_a_header_value_is_refused_before_any_io(mode: str) -> None:
+    async with FaultServer([write(response(200, b"{}"))]) as server:
+        for name in ("Authorization", "x-goog-api-key", "Cookie", "Proxy-Authorization", "X-Custom"):
+            for value in (f"Bearer {GOOG_KEY}\x00", f"\x00{GOOG_KEY}", f"{GOOG_KEY[:10]}\x00{GOOG_KEY[10:]}"):
+                for as_bytes in (False, True):
+                    headers = [(name, value.encode("latin-1") if as_bytes else value)]
+                    with LogCapture() as logs, pytest.raises(ValueError) as info:
+                        if mode == "post":
+                            post(server.url(), ASK, headers)
+                        else:
+                            stream(server.url(), CHAT, headers)
+                    message = str(info.value)
+                    assert message == (
+                        f"the value of header {name!r} contains a control character (CR, LF or NUL, or another "
+                        "byte below 0x20 other than tab, or DEL); value redacted; header injection is refused"
+                    )
+                    assert GOOG_KEY[:10] not in repr(info.value) and GOOG_KEY[10:] not in repr(info.value)
+                    assert logs.events == []
+        await sleep(0)
+        assert server.connections_made == 0  # nothing was sent
+        assert pool_counts() == (0, 0, 0)
