@@ -41,9 +41,7 @@ from nous_twisted import (
     HTTPStatusError,
     IHTTPBackend,
     IStreamBackend,
-    NousHTTPError,
     PoolSettings,
-    RequestTimeout,
     StreamDone,
     StreamError,
     TLSError,
@@ -55,7 +53,7 @@ from nous_twisted.request import prepare
 from nous_twisted.testing import FakeLLMServer, Fault, reply_tokens
 
 from .conftest import server_tls_options
-from .faultserver import HOLD, LAST_CHUNK, Call, FaultConnection, FaultServer, SeenRequest, chunk, head, response, write
+from .faultserver import HOLD, LAST_CHUNK, FaultServer, SeenRequest, chunk, head, response, write
 from .helpers import FloodServer, LogCapture, get_reactor, pool_counts, shared_pool, sleep, wait_for
 
 BACKENDS = ("treq", "agent")
