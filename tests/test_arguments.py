@@ -90,13 +90,43 @@ def test_bad_options(kw: dict[str, Any], exc: type, match: str) -> None:
         post(URL, {}, **kw)
 
 
+# Every header that carries a credential in the APIs this library serves.
+SECRET_HEADERS = ["Authorization", "Proxy-Authorization", "x-api-key", "api-key", "x-goog-api-key", "Cookie"]
+
+
 def test_request_repr_redacts_secrets_and_query() -> None:
     # Only an allowlist of harmless headers is shown (tests/test_request.py has the full table).
-    req = prepare(URL + "?key=GOOGLEKEY", {"a": 1}, {"Authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "X-Trace": "t1"})
+    headers = {name: f"{SECRET}-{i}" for i, name in enumerate(SECRET_HEADERS)}
+    headers["X-Trace"] = "t1"
+    req = prepare(URL + "?key=GOOGLEKEY", {"a": 1}, headers)
     text = repr(req)
     assert SECRET not in text and "GOOGLEKEY" not in text
-    assert "Authorization: <redacted>" in text and "X-Trace: <redacted>" in text
-    assert "content-type: application/json" in text
+    # What is shown: the URL without its query, the body size, every header's
+    # name, and the values of the harmless ones.
+    assert text.startswith(f"HTTPRequest(POST {URL}?..., 7 bytes, headers=[")
+    for name in [*SECRET_HEADERS, "X-Trace"]:
+        assert f"{name}: <redacted>" in text
+    assert "content-type: application/json" in text and "accept-encoding: gzip, deflate" in text
+
+
+@pytest.mark.parametrize("name", SECRET_HEADERS)
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("\r\nX-Evil: 1", "the value of header {name!r} contains a control character (CR, LF or NUL, or another "
+         "byte below 0x20 other than tab, or DEL); value redacted; header injection is refused"),
+        ("\x00", "the value of header {name!r} contains a control character (CR, LF or NUL, or another "
+         "byte below 0x20 other than tab, or DEL); value redacted; header injection is refused"),
+        ("\u20ac", "header #0 value has characters outside Latin-1; encode it (values: percent- or "
+         "base64-encode) before sending"),
+    ],
+    ids=["crlf", "nul", "euro"],
+)
+def test_refused_values_show_the_header_never_the_value(name: str, bad: str, message: str) -> None:
+    with LogCapture() as logs, pytest.raises(ValueError) as info:
+        post(URL, {}, {name: f"{SECRET}{bad}"})
+    assert str(info.value) == message.format(name=name)
+    assert SECRET not in repr(info.value) and SECRET not in logs.text()
 
 
 def test_prepare_adds_content_type_once() -> None:

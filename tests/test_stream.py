@@ -389,7 +389,8 @@ async def test_shutdown_aborts_open_streams(fake: FakeLLMServer) -> None:
     await wait_for(lambda: s.buffered >= 1)
     await nous_twisted.shutdown()
     events = [e async for e in s]
-    assert isinstance(events[-1], StreamError)
+    assert isinstance(events[-1], StreamError) and type(events[-1].error) is nous_twisted.TransportError, events[-1]
+    assert "aborted by shutdown()" in str(events[-1].error)
     await wait_for(lambda: fake.open_connections == 0, timeout=1.0)
 
 
