@@ -183,24 +183,39 @@ class EventStream:
 
 
 class _Consumer:
-    """Drives ``on_event`` from the core; holds no reference to the handle."""
+    """Drives ``on_event`` from the core; holds no reference to the handle.
 
-    __slots__ = ("core", "done", "on_event", "_stepping", "_sync")
+    Cancelling :attr:`done` cancels the stream, and ``on_event`` still gets
+    the terminal ``StreamDone("cancelled")``, after any Deferred it returned
+    for the previous event has fired; ``done`` fires with it at once (a
+    cancelled Deferred must fire before ``cancel()`` returns).
+    """
+
+    __slots__ = ("_busy", "_stepping", "_stopped", "_sync", "core", "done", "on_event")
 
     def __init__(self, core: StreamCore, on_event: Callable[[Any], Any]) -> None:
         self.core = core
         self.on_event = on_event
-        self.done: Deferred[Terminal] = Deferred(lambda _: core.cancel())
+        self.done: Deferred[Terminal] = Deferred(self._cancel)
+        self._busy = False  # waiting for a Deferred that on_event returned
         self._stepping = False
+        self._stopped = False  # on_event failed: nothing more is delivered
         self._sync: list[Any] = []
 
     def start(self) -> Deferred[Terminal]:
         self.step()
         return self.done
 
+    def _cancel(self, done: Deferred[Terminal]) -> None:
+        self.core.cancel()
+        if self._busy:
+            done.callback(StreamDone("cancelled"))
+        else:
+            self.step()  # delivers the terminal and fires done
+
     def step(self, _: object = None) -> None:
         core = self.core
-        while not self.done.called:
+        while not self._stopped:
             event = core.take()
             if event is NOTHING:
                 core.when_ready(self.step)
@@ -218,31 +233,41 @@ class _Consumer:
                 # Trampoline: a Deferred that has fired already continues this
                 # loop instead of recursing once per event.
                 self._stepping = True
+                self._busy = True
                 d.addBoth(self._after, event, last)
                 self._stepping = False
                 if not self._sync:
                     return
+                self._busy = False
                 outcome = self._sync.pop()
                 if isinstance(outcome, Failure):
                     self.failed(outcome)
                     return
             if last:
-                self.done.callback(event)
+                self._finish(event)
                 return
+
+    def _finish(self, terminal: Any) -> None:
+        self._stopped = True
+        if not self.done.called:
+            self.done.callback(terminal)
 
     def _after(self, result: Any, event: Any, last: bool) -> None:
         if self._stepping:
             self._sync.append(result)
             return
+        self._busy = False
         if isinstance(result, Failure):
             self.failed(result)
         elif last:
-            if not self.done.called:
-                self.done.callback(event)
+            self._finish(event)
         else:
             self.step()
 
     def failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self.core.cancel()
         if not self.done.called:
             self.done.errback(failure)

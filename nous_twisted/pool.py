@@ -172,12 +172,14 @@ def send_with_ticket(
 class _Slot:
     """One connection's place in its host's limit; released exactly once."""
 
-    __slots__ = ("key", "pool", "protocol", "released")
+    __slots__ = ("connecting", "generation", "key", "pool", "protocol", "released")
 
     def __init__(self, pool: NousConnectionPool, key: Hashable) -> None:
         self.pool = pool
         self.key = key
         self.protocol: _PooledProtocol | None = None
+        self.connecting: Deferred[Any] | None = None  # the endpoint's connect, until it fires
+        self.generation = pool.generation  # of the TLS settings it was verified under
         self.released = False
 
     def release(self) -> None:
@@ -376,6 +378,7 @@ class NousConnectionPool(HTTPConnectionPool):
         self._slots: dict[Hashable, set[_Slot]] = {}
         self._waiters: dict[Hashable, deque[_Waiter]] = {}
         self._waiting: dict[Hashable, int] = {}  # live (not cancelled) waiters per key
+        self.generation = 0  # bumped when the TLS settings change
         #: queue entries skipped because their request was cancelled (for tests)
         self.waiter_scans = 0
         self.apply(settings)
@@ -531,6 +534,14 @@ class NousConnectionPool(HTTPConnectionPool):
             self._putConnection(key, protocol)
 
         d: Deferred[Any] = endpoint.connect(_PooledFactory(slot, quiescent))
+        if not d.called:
+            slot.connecting = d
+
+            def connect_over(result: Any) -> Any:
+                slot.connecting = None
+                return result
+
+            d.addBoth(connect_over)
 
         def tcp_step(failure: Failure) -> Failure:
             # HostnameEndpoint reports a cancel during resolution as a
@@ -562,6 +573,11 @@ class NousConnectionPool(HTTPConnectionPool):
     # -- returning and dropping connections -------------------------------
 
     def _putConnection(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
+        slot = getattr(connection, "_slot", None)
+        if slot is not None and slot.generation != self.generation:
+            # Verified under trust roots that have changed since: never reused.
+            abort_transport(connection.transport)
+            return
         if is_closing(connection.transport):
             # Aborted while its last response was still being parsed (an
             # in-stream error, then the chunk terminator in the same read):
@@ -594,8 +610,10 @@ class NousConnectionPool(HTTPConnectionPool):
             if call is not None and call.active():
                 call.cancel()
 
-    def drop_idle(self) -> None:
-        """Close every idle connection (their TLS trust roots changed, say)."""
+    def new_generation(self) -> None:
+        """The TLS trust roots changed: close every idle connection now, and
+        every busy one when it comes back, rather than reuse it."""
+        self.generation += 1
         for key, conns in list(self._connections.items()):
             for conn in list(conns):
                 self._removeConnection(key, conn)
@@ -607,7 +625,11 @@ class NousConnectionPool(HTTPConnectionPool):
         self._waiters.clear()
         self._waiting.clear()
         for waiter in waiters:
-            waiter.d.cancel()
+            waiter.cancelled = True
+            if not waiter.d.called:
+                waiter.d.errback(Failure(TransportError(
+                    "the request was waiting for a pool connection when shutdown() closed the pool"
+                )))
         for conns in self._connections.values():
             for conn in conns:
                 self._timeouts.pop(conn).cancel()
@@ -619,13 +641,20 @@ class NousConnectionPool(HTTPConnectionPool):
                 if proto is not None and proto.transport is not None:
                     closed.append(proto.when_closed())
                     abort_transport(proto.transport)
+        for slots in list(self._slots.values()):
+            for slot in list(slots):
+                if slot.connecting is not None and slot.protocol is None:
+                    slot.connecting.cancel()  # still resolving or connecting
         done: Deferred[Any] = DeferredList(closed, consumeErrors=True)
-        done.addTimeout(wait, self._reactor)
+        timer = self._reactor.callLater(wait, self._late, done, wait)
+        return done.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
-        def late(_: Failure) -> None:
-            log.warn("shutdown: connections still open after {wait} s", wait=wait)
-
-        return done.addCallbacks(lambda _: None, late)
+    @staticmethod
+    def _late(done: Deferred[Any], wait: float) -> None:
+        # Nobody receives this: it is worth a warning.
+        log.warn("shutdown: connections still open after {wait} s", wait=wait)
+        if not done.called:
+            done.callback(None)
 
     def closeCachedConnections(self) -> Deferred[None]:
         return self.close_all()

@@ -38,7 +38,7 @@ class Shared:
         self.agent = SharedAgent(self.reactor, build_policy(effective_bundle(settings)), self.pool)
         # The pool key ignores the TLS policy: connections verified under the
         # old trust roots must not be reused.
-        self.pool.drop_idle()
+        self.pool.new_generation()
 
     def _before_shutdown(self) -> Deferred[None]:
         # Firing now: removing the trigger while it fires is deprecated.

@@ -174,6 +174,14 @@ class SSEParser:
         nothing pending (the caller checked).  Returns their data, or None
         when the bytes are anything else; the general path then gives exactly
         what this would."""
+        end = len(chunk) - 2
+        if chunk.startswith(b"data: ") and chunk.find(b"\n", 6) == end:
+            # One event of one line: how token streams usually arrive, one
+            # event per read.  The limit is on the line, "data: " included.
+            if end > self.max_event_bytes:
+                return None
+            self.events_dispatched += 1
+            return [chunk[6:end]]
         datas: list[bytes] = _ONE_LINE_EVENT.findall(chunk)
         # The matches tile the bytes exactly (8 = "data: " + "\n\n"), or
         # something else is in there: a comment, a field, a multi-line event.

@@ -273,6 +273,7 @@ class StreamCore:
     def abort_for_shutdown(self) -> None:
         if self._terminal is None:
             self._queue.clear()
+            self._consumer_paused = False
             self._end(StreamError(TransportError(f"the stream from {self.url} was aborted by shutdown()")), abort=True)
             self._notify()
 
@@ -534,6 +535,9 @@ class StreamCore:
         if state is DELIVERED:
             return
         self._queue.clear()
+        # A consumer that stops a stream it holds paused (a transport whose
+        # peer left) still gets the end: else its reader would wait for ever.
+        self._consumer_paused = False
         if self._terminal is not None:
             # Decoded to its end already, but not delivered: cancel wins.
             if state is DRAINING and self._source is not None:
