@@ -130,7 +130,7 @@ class ChunkedDecoder:
         # Unparsed bytes carried to the next read: a partial chunk-size line,
         # a partial CRLF after a chunk, or a partial trailer line.
         self._buffer = b""
-        self._trailerHeaders: list[bytes] = []
+        self._trailerHeaders: list[bytes] | tuple[()] = ()  # a list once there are any
         self._receivedTrailerHeadersSize = 0
         self._maxTrailerHeadersSize = MAX_TRAILER_BYTES
         created[self.kind] += 1
@@ -154,6 +154,9 @@ class ChunkedDecoder:
         if state == _FINISHED:
             raise RuntimeError("_ChunkedTransferDecoder.dataReceived called after last chunk was processed")
         parts: list[bytes] = []
+        append = parts.append
+        find = data.find
+        sizes = _SIZES.get
         pos = 0
         rest: bytes | None = None
         try:
@@ -161,7 +164,7 @@ class ChunkedDecoder:
                 if state == _LENGTH:
                     # Twisted's limit: a CRLF at offset >= 1024 of the line, or
                     # more than 1024 bytes without one, is an error.
-                    eol = data.find(b"\r\n", pos, pos + MAX_CHUNK_SIZE_LINE + 1)
+                    eol = find(b"\r\n", pos, pos + MAX_CHUNK_SIZE_LINE + 1)
                     if eol < 0:
                         if n - pos > MAX_CHUNK_SIZE_LINE:
                             raise _MalformedChunkedDataError(
@@ -170,7 +173,7 @@ class ChunkedDecoder:
                         self._buffer = data[pos:]
                         break
                     line = data[pos:eol]
-                    size = _SIZES.get(line)
+                    size = sizes(line)
                     if size is None:
                         size = _size_of(line)
                     pos = eol + 2
@@ -180,7 +183,7 @@ class ChunkedDecoder:
                     end = pos + size
                     # The common case: the whole chunk and its CRLF are here.
                     if end + 2 <= n and data[end] == 13 and data[end + 1] == 10:
-                        parts.append(data[pos:end])
+                        append(data[pos:end])
                         pos = end + 2
                         continue
                     state = _BODY
@@ -215,6 +218,8 @@ class ChunkedDecoder:
                     self._buffer = data[pos:]
                     break
                 if eol > pos:
+                    if not self._trailerHeaders:
+                        self._trailerHeaders = []
                     self._trailerHeaders.append(data[pos:eol])
                     self._receivedTrailerHeadersSize += eol + 2 - pos
                     pos = eol + 2
@@ -292,8 +297,14 @@ class _Sink:
         self.on_body = parts.append
         self.on_chunk_header = partial(parts.append, _BEGUN)
         self.on_chunk_complete = partial(parts.append, _ENDED)
-        self.open = {0: 0}  # emptied at the end of the body
+        self.open = [True]  # emptied at the end of the body
         self.on_message_complete = self.open.clear
+
+
+#: Reads shorter than this do not start llhttp: a read holding one chunk costs
+#: no less there, and a stream of such reads (a slow stream) then never pays
+#: llhttp's memory (about 1 KiB per connection).
+LLHTTP_MIN_READ = 512
 
 
 class HttptoolsChunkedDecoder(ChunkedDecoder):
@@ -317,6 +328,8 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
     __slots__ = ("_parser", "_sink")
 
     kind = "httptools"
+    #: Reads shorter than this do not start llhttp (they continue it).
+    min_read = LLHTTP_MIN_READ
 
     def __init__(self, dataCallback: Callable[[bytes], object], finishCallback: Callable[[bytes], object]) -> None:
         super().__init__(dataCallback, finishCallback)
@@ -325,7 +338,7 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
 
     def dataReceived(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None and (self._state != _LENGTH or self._buffer):
+        if parser is None and (self._state != _LENGTH or self._buffer or len(data) < self.min_read):
             # llhttp can only start at a chunk boundary.
             ChunkedDecoder.dataReceived(self, data)
             return

@@ -29,8 +29,19 @@ from nous_twisted.chunked import ChunkedDecoder, HttptoolsChunkedDecoder, decode
 from .helpers import LogCapture, RawServer, get_reactor, wait_for
 
 HAVE_HTTPTOOLS = chunked._HttpResponseParser is not None
-OURS: list[type[ChunkedDecoder]] = [ChunkedDecoder] + ([HttptoolsChunkedDecoder] if HAVE_HTTPTOOLS else [])
-ours = pytest.mark.parametrize("cls", OURS, ids=lambda c: c.kind)
+
+
+class EagerHttptoolsChunkedDecoder(HttptoolsChunkedDecoder):
+    """Starts llhttp on reads of any size, so that short inputs test it too."""
+
+    __slots__ = ()
+    min_read = 0
+
+
+OURS: list[type[ChunkedDecoder]] = [ChunkedDecoder] + (
+    [HttptoolsChunkedDecoder, EagerHttptoolsChunkedDecoder] if HAVE_HTTPTOOLS else []
+)
+ours = pytest.mark.parametrize("cls", OURS, ids=lambda c: c.__name__)
 
 
 # -- equivalence with Twisted's decoder ---------------------------------------
@@ -79,9 +90,9 @@ def assert_equivalent(reads: list[bytes], max_trailer: int | None = None) -> lis
         got_all.append(got)
         # One read, at most one delivery: the same bytes Twisted delivered in it.
         joined = [[b"".join(calls)] if calls else [] for calls in want["per_read"]]
-        assert got["per_read"] == joined, (cls.kind, reads)
+        assert got["per_read"] == joined, (cls.__name__, reads)
         for key in ("finished", "error", "end", "state", "trailers"):
-            assert got[key] == want[key], (cls.kind, key, reads)
+            assert got[key] == want[key], (cls.__name__, key, reads)
     return got_all
 
 
@@ -207,7 +218,7 @@ def test_httptools_decoder_keeps_llhttp_across_reads_ending_anywhere_inside_chun
     kept = 0
     for cut in range(1, len(body)):
         out: list[bytes] = []
-        d = HttptoolsChunkedDecoder(out.append, out.append)
+        d = EagerHttptoolsChunkedDecoder(out.append, out.append)
         d.dataReceived(body[:cut])
         first = d._parser is not None
         d.dataReceived(body[cut:])
@@ -215,6 +226,24 @@ def test_httptools_decoder_keeps_llhttp_across_reads_ending_anywhere_inside_chun
         assert b"".join(out) == b"hello0123456789abcdef\r\n\r", cut
         assert d.state == "CHUNK_LENGTH"
     assert kept == len(body) - 1
+
+
+@pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
+def test_httptools_decoder_starts_llhttp_only_on_long_reads() -> None:
+    # A slow stream (one short chunk per read) never pays for llhttp's memory;
+    # a read of many chunks starts it, and it then goes on with short reads.
+    event = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    chunk = b"%x\r\n" % len(event) + event + b"\r\n"
+    out: list[bytes] = []
+    d = HttptoolsChunkedDecoder(out.append, out.append)
+    for _ in range(5):
+        d.dataReceived(chunk)
+        assert d._parser is None
+    d.dataReceived(chunk * 20)
+    assert d._parser is not None
+    d.dataReceived(chunk)
+    d.dataReceived(b"0\r\n\r\n")
+    assert out == [event] * 5 + [event * 20, event, b""]
 
 
 @pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
@@ -253,7 +282,7 @@ def test_twisted_short_and_empty_reads(cls: type[ChunkedDecoder]) -> None:
         p.dataReceived(bytes([byte]))
         p.dataReceived(b"")
     assert out == [b"a", b"b", b"c", b"1", b"2", b"3", b"4", b"5"]
-    assert finished == [b""] and p._trailerHeaders == []
+    assert finished == [b""] and list(p._trailerHeaders) == []
 
 
 @ours
