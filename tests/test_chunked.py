@@ -4,6 +4,7 @@ connections through Twisted's private hook, and loud when that hook moves."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -483,7 +484,7 @@ def test_no_speedups_environment_variable() -> None:
         return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()
 
     assert chosen("1") == "ChunkedDecoder"
-    fast = "HttptoolsChunkedDecoder" if HAVE_HTTPTOOLS else "ChunkedDecoder"
+    fast = "HttptoolsChunkedDecoder" if importlib.util.find_spec("httptools") else "ChunkedDecoder"
     assert chosen(None) == fast
     assert chosen("") == fast
 
