@@ -258,8 +258,10 @@ class ChunkedDecoder:
 _HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 # A chunk-size line of 1024+ bytes that llhttp accepts has no extension (reads
 # with ';' never reach llhttp) and at most 16 significant hex digits (more
-# overflow in llhttp), so it holds a run of over 1000 zeros.
-_ZEROS = b"0" * 1000
+# overflow in llhttp), so it holds a run of 1008+ zeros, which covers a whole
+# block of 504 starting at a multiple of 504.  (bytes.find(b"0" * 1000) is no
+# help: CPython's skip tables confuse "0" with "p", and it crawls on text.)
+_ZEROS = b"0" * 504
 
 
 def _httptools_parser_class() -> Any:
@@ -273,6 +275,22 @@ def _httptools_parser_class() -> Any:
 
 
 _HttpResponseParser = _httptools_parser_class()
+
+
+def _long_size_line(data: bytes, payload: bytes, parts: list[bytes]) -> bool:
+    """Whether llhttp may have passed a size line of 1024+ bytes in ``data``
+    (Twisted's limit; llhttp has none); O(1) for the usual reads."""
+    # parts holds, per chunk begun in this read, a begin mark, at most one
+    # payload piece and an end mark (llhttp reports a payload in one piece per
+    # read), plus maybe a piece and an end mark of a chunk begun earlier: so
+    # at least len(parts) // 3 size lines were completed here.  Next to a long
+    # line, the others take 1+ byte and a CRLF each, and all but the last
+    # chunk's payload a CRLF after it: 5 bytes a chunk (less at the edges).
+    lines = len(parts) // 3
+    if len(data) - len(payload) - 5 * max(lines - 2, 0) < MAX_CHUNK_SIZE_LINE:
+        return False
+    startswith = data.startswith
+    return any(startswith(_ZEROS, i) for i in range(0, len(data) - len(_ZEROS) + 1, len(_ZEROS)))
 
 
 class _Mark(bytes):
@@ -346,11 +364,7 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
             data = bytes(data)
         if not data:
             return
-        if (
-            data.find(b";") < 0
-            and (len(data) < 1000 or data.find(_ZEROS) < 0)
-            and (not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data))
-        ):
+        if data.find(b";") < 0 and (not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data)):
             if parser is None:
                 self._sink = _Sink()
                 parser = self._parser = _HttpResponseParser(self._sink)
@@ -363,12 +377,16 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
             except Exception:
                 pass  # llhttp rejected it: the pure decoder says how Twisted does
             else:
-                if sink.open and (
-                    # The common end: a chunk boundary.
-                    (parts and parts[-1] is _ENDED and data[-2:] == b"\r\n" and self._at_boundary())
-                    or self._settle(data, parts)
+                payload = b"".join(parts)
+                if (
+                    sink.open
+                    and (len(data) - len(payload) < MAX_CHUNK_SIZE_LINE or not _long_size_line(data, payload, parts))
+                    and (
+                        # The common end: a chunk boundary.
+                        (parts and parts[-1] is _ENDED and data[-2:] == b"\r\n" and self._at_boundary())
+                        or self._settle(data, parts)
+                    )
                 ):
-                    payload = b"".join(parts)
                     parts.clear()
                     if payload:
                         self.dataCallback(payload)

@@ -201,6 +201,37 @@ def test_long_size_lines_split_anywhere(data: st.DataObject) -> None:
     assert_equivalent(split(data.draw, body))
 
 
+@pytest.mark.parametrize("zeros", [1007, 1008, 1018, 1022, 1023, 1024, 1100])
+def test_long_size_line_among_many_chunks(zeros: int) -> None:
+    # Many chunks in one read give llhttp plenty of framing bytes to hide a
+    # long (leading-zero) size line in; Twisted's limit must still hold.
+    small = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in [b"x" * 40] * 300)
+    body = small + b"0" * zeros + b"5\r\nhello\r\n" + small + b"0\r\n\r\n"
+    for cut in (0, 100, len(small), len(small) + 500, len(small) + zeros + 3, len(body)):
+        assert_equivalent([body[:cut], body[cut:]])
+
+
+def test_llhttp_reports_one_payload_piece_per_chunk_and_read() -> None:
+    # What chunked._long_size_line relies on: in one read, at most one payload
+    # piece per chunk begun in it, plus one for a chunk begun earlier.
+    if not HAVE_HTTPTOOLS:
+        pytest.skip("httptools is not installed")
+    sizes = [1, 2, 100, 5000, 70000, 3, 1, 1]
+    body = b"".join(b"%x\r\n" % n + b"y" * n + b"\r\n" for n in sizes)
+    for cut in list(range(0, 200)) + list(range(5000, 5300)) + [len(body) - 5]:
+        sink = chunked._Sink()
+        parser = chunked._HttpResponseParser(sink)
+        parser.feed_data(chunked._HEAD)
+        for read in (body[:cut], body[cut:]):
+            parser.feed_data(read)
+            begun = sum(p is chunked._BEGUN for p in sink.parts)
+            ended = sum(p is chunked._ENDED for p in sink.parts)
+            pieces = len(sink.parts) - begun - ended
+            assert pieces <= begun + 1 and ended <= begun + 1, cut
+            assert len(sink.parts) // 3 <= begun
+            sink.parts.clear()
+
+
 def test_sse_stream_in_reads_of_every_size() -> None:
     event = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
     body = b"".join(b"%x\r\n" % len(event) + event + b"\r\n" for _ in range(200)) + b"0\r\n\r\n"
