@@ -205,9 +205,11 @@ def test_long_size_lines_split_anywhere(data: st.DataObject) -> None:
 def test_long_size_line_among_many_chunks(zeros: int) -> None:
     # Many chunks in one read give llhttp plenty of framing bytes to hide a
     # long (leading-zero) size line in; Twisted's limit must still hold.
-    small = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in [b"x" * 40] * 300)
+    # One-digit sizes: 5 framing bytes a chunk, the least the bound allows for.
+    small = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in [b"x" * 9] * 300)
     body = small + b"0" * zeros + b"5\r\nhello\r\n" + small + b"0\r\n\r\n"
-    for cut in (0, 100, len(small), len(small) + 500, len(small) + zeros + 3, len(body)):
+    after = len(small) + zeros + 12  # just after the chunk with the long size line
+    for cut in (0, 100, len(small), len(small) + 500, len(small) + zeros + 3, after, after + 1000, len(body)):
         assert_equivalent([body[:cut], body[cut:]])
 
 
