@@ -277,6 +277,25 @@ def _httptools_parser_class() -> Any:
 _HttpResponseParser = _httptools_parser_class()
 
 
+def _no_extension(data: bytes) -> bool:
+    """Whether no ``;`` in ``data`` can start a chunk extension (llhttp and
+    Twisted accept different ones): none follows a CRLF and hex digits.
+    False when unsure (the read then goes to the pure decoder)."""
+    i = data.find(b";")
+    for _ in range(64):  # past that many, not worth it
+        if i < 0:
+            return True
+        before = data[max(i - 24, 0) : i]
+        head = before.rstrip(_HEX_DIGITS)
+        # (all hex: maybe a longer size line, or one begun in the previous read)
+        if len(head) < len(before) and (not head or head.endswith(b"\r\n")):
+            return False
+        if i == 0:  # maybe after a size line's digits in the previous read
+            return False
+        i = data.find(b";", i + 1)
+    return False
+
+
 def _long_size_line(data: bytes, payload: bytes, parts: list[bytes]) -> bool:
     """Whether llhttp may have passed a size line of 1024+ bytes in ``data``
     (Twisted's limit; llhttp has none); O(1) for the usual reads."""
@@ -332,15 +351,16 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
     The decoder keeps the pure decoder's state (``_state``, ``_remaining``,
     ``_buffer``) in step with llhttp's after every read, worked out from the
     read's tail and the last chunk events (O(1) per read).  A read goes to
-    llhttp only when it has no ``;`` (llhttp and Twisted accept different
-    chunk extensions), no run of 1000 zeros and does not complete an
-    over-long size line (llhttp has no limit on the size line).  Its result is
-    used only when llhttp raised nothing, did not reach the end of the body,
-    and the state after it is one this class can name exactly; anything else,
-    including the last read (trailers, the bytes after the body, every error
-    with Twisted's message), is decoded by the pure decoder from the state at
-    the start of the read: nothing of that read was delivered yet.  llhttp is
-    then dropped, and a fresh parser starts at the next chunk boundary.
+    llhttp only when none of its ``;`` can start a chunk extension (llhttp
+    and Twisted accept different ones) and it does not complete an over-long
+    size line begun in an earlier read (llhttp has no limit on the size line).
+    Its result is used only when llhttp raised nothing, passed no size line of
+    1024+ bytes, did not reach the end of the body, and the state after it is
+    one this class can name exactly; anything else, including the last read
+    (trailers, the bytes after the body, every error with Twisted's message),
+    is decoded by the pure decoder from the state at the start of the read:
+    nothing of that read was delivered yet.  llhttp is then dropped, and a
+    fresh parser starts at the next chunk boundary.
     """
 
     __slots__ = ("_parser", "_sink")
@@ -364,7 +384,9 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
             data = bytes(data)
         if not data:
             return
-        if data.find(b";") < 0 and (not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data)):
+        if (data.find(b";") < 0 or _no_extension(data)) and (
+            not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data)
+        ):
             if parser is None:
                 self._sink = _Sink()
                 parser = self._parser = _HttpResponseParser(self._sink)

@@ -107,7 +107,10 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
     trailers, bytes after the end)."""
     payload = st.one_of(
         st.binary(min_size=1, max_size=30),
-        st.sampled_from([b"\r\n", b"\r", b"\n", b"0\r\n\r\n", b'data: {"a": 1}\n\n', b"x" * 300]),
+        st.sampled_from(
+            [b"\r\n", b"\r", b"\n", b"0\r\n\r\n", b'data: {"a": 1}\n\n', b"x" * 300, b"int x = 1;", b";", b"\r\nab;",
+             b"\r\n" + b"a" * 30 + b";x"]
+        ),
     )
     out = []
     for data in draw(st.lists(payload, max_size=8)):
@@ -278,6 +281,22 @@ def test_httptools_decoder_starts_llhttp_only_on_long_reads() -> None:
     d.dataReceived(chunk)
     d.dataReceived(b"0\r\n\r\n")
     assert out == [event] * 5 + [event * 20, event, b""]
+
+
+@pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
+def test_httptools_decoder_keeps_llhttp_for_semicolons_in_payloads() -> None:
+    # Code in a completion is full of ';': only one that may start a chunk
+    # extension (after a CRLF and hex digits) sends a read to the pure decoder.
+    event = b'data: {"choices":[{"delta":{"content":"int x = 1; f(x);"}}]}\n\n'
+    chunk = b"%x\r\n" % len(event) + event + b"\r\n"
+    out: list[bytes] = []
+    d = HttptoolsChunkedDecoder(out.append, out.append)
+    for _ in range(3):
+        d.dataReceived(chunk * 30)
+        assert d._parser is not None
+    d.dataReceived(chunk * 29 + b"%x;ext=1\r\n" % len(event) + event + b"\r\n")
+    assert d._parser is None
+    assert out == [event * 30] * 4
 
 
 @pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
