@@ -431,6 +431,10 @@ class _FloorProtocol(_FloorParser, asyncio.Protocol):
         if self.done is not None and not self.done.done():
             self.done.set_result(body)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc or ConnectionError("the connection closed before the reply ended"))
+
 
 class FloorClient:
     """A bare asyncio protocol with a pre-built request: the asyncio floor."""
@@ -538,6 +542,15 @@ class TwistedFloorClient:
                 d = self.done
                 if d is not None and not d.called:
                     d.callback(body)
+                w, self.wake = self.wake, None
+                if w is not None:
+                    w.callback(None)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                # a refused certificate or a dropped connection fails the exchange
+                d = self.done
+                if d is not None and not d.called:
+                    d.errback(reason)
                 w, self.wake = self.wake, None
                 if w is not None:
                     w.callback(None)
