@@ -177,6 +177,9 @@ def test_profile_categories() -> None:
     assert _category("~", "<built-in method orjson.loads>") == "JSON"
     assert _category("~", "<method 'recv' of '_socket.socket' objects>") == "reactor"
     assert _category(site + "treq/client.py", "request") == "other"
+    assert _category(site + "twisted/protocols/tls.py", "dataReceived") == "reactor"
+    assert _category(site + "twisted/protocols/basic.py", "dataReceived") == "HTTP parsing"
+    assert _category(site + "twisted/web/_abnf.py", "_hexint") == "HTTP parsing"
     # any other built-in counts with its callers
     assert _category("~", "<built-in method builtins.len>") is None
 

@@ -890,24 +890,27 @@ CATEGORIES = ("reactor", "HTTP parsing", "library", "JSON", "other")
 
 def _category(filename: str, func: str) -> str | None:
     """The group of one profiled function; None for a built-in whose time
-    belongs to whoever called it."""
+    belongs to whoever called it.  TLS counts with the reactor (it is the
+    transport); LineReceiver with HTTP parsing (Twisted's HTTP client is its
+    only user here)."""
     f = filename.replace("\\", "/")
     if f == "~":  # a built-in: by name (JSON, the C parser, the system calls), else its callers'
         if "orjson" in func:
             return "JSON"
         if "httptools" in func:
             return "HTTP parsing"
-        if any(k in func for k in ("recv", "send", "poll", "select", "_socket", "epoll")):
+        if any(k in func for k in ("recv", "send", "poll", "select", "_socket", "epoll", "_ssl", "OpenSSL")):
             return "reactor"
         return None
     if "/nous_twisted/bench/" in f:
         return "other"  # the benchmark's own consumer code
     if "/nous_twisted/" in f:
         return "library"
-    if "/twisted/internet/" in f or "/asyncio/" in f or f.endswith("/selectors.py") or f.endswith("/ssl.py"):
+    if any(k in f for k in ("/twisted/internet/", "/asyncio/", "/twisted/protocols/tls.py", "/OpenSSL/")) or (
+            f.endswith(("/selectors.py", "/ssl.py"))):
         return "reactor"
-    if any(k in f for k in ("/twisted/web/_newclient.py", "/twisted/web/http", "httptools", "/aiohttp/http_",
-                            "/h11/", "/httpcore/")):
+    if any(k in f for k in ("/twisted/web/_newclient.py", "/twisted/web/http", "/twisted/web/_abnf.py",
+                            "/twisted/protocols/basic.py", "httptools", "/aiohttp/http_", "/h11/", "/httpcore/")):
         return "HTTP parsing"
     if "orjson" in f:
         return "JSON"

@@ -112,11 +112,11 @@ def format_profile(scenario: str, client: str, unit: str, result: dict[str, Any]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     what = {
-        "reactor": "reactor (twisted.internet, asyncio, system calls)",
-        "HTTP parsing": "HTTP parsing (twisted.web._newclient, twisted.web.http, httptools)",
+        "reactor": "reactor (twisted.internet, asyncio, TLS, system calls)",
+        "HTTP parsing": "HTTP parsing (twisted.web._newclient, twisted.web.http, LineReceiver, httptools)",
         "library": "library (nous_twisted)",
         "JSON": "JSON (orjson)",
-        "other": "other (treq, twisted.web.client, the bench's consumer, ...)",
+        "other": "other (twisted.web.client, treq, URL and IDNA handling, the bench's consumer, ...)",
     }
     for cat in CATEGORIES:
         sec = prof["categories"].get(cat, 0.0)
@@ -125,9 +125,11 @@ def format_profile(scenario: str, client: str, unit: str, result: dict[str, Any]
         if unprofiled_us:
             cells.append(f"{share * unprofiled_us:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if prof.get("other"):
+    other = [(m, sec) for m, sec in prof.get("other", []) if sec / total >= 0.01]
+    if other:
         lines.append("")
-        lines.append("In other: " + ", ".join(f"{m} {sec / total * 100:.0f}%" for m, sec in prof["other"]) + ".")
+        lines.append("Largest in other (own time of its functions): "
+                     + ", ".join(f"{m} {sec / total * 100:.0f}%" for m, sec in other) + ".")
     if top:
         lines.append("")
         lines.append(f"Most own time (µs/{unit}, profiled):")
@@ -401,7 +403,7 @@ def write_report(
         w("The client process of the scenario, run once more under cProfile (`nous-twisted bench --profile "
           "SCENARIO --client CLIENT` prints the same, with the functions that cost most). Each function's own "
           "time is grouped by where it lives; built-ins count with their callers, except system calls "
-          "(reactor), orjson (JSON) and httptools (HTTP parsing). The profiler inflates every figure (it "
+          "and TLS (reactor), orjson (JSON) and httptools (HTTP parsing). The profiler inflates every figure (it "
           "costs time per call): read the shares, and the last column, which spreads the scenario's "
           "unprofiled CPU by them.")
         w("")
