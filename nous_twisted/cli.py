@@ -116,13 +116,25 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
 def _bench_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark both backends against raw treq, raw Agent, aiohttp, httpx and a floor",
+        help="benchmark both backends against raw treq, raw Agent, aiohttp, httpx and two floors",
         description="Run every benchmark scenario for every client (needs the 'bench' extra: "
-        "pip install 'nous-twisted[bench]') and write docs/benchmarks.md with its plots.",
+        "pip install 'nous-twisted[bench]') and write benchmarks.md with its plots. By default the report "
+        "goes to ./docs/ when run from this project's checkout, else to ./nous-twisted-bench/; an existing "
+        "report is never replaced without --force.",
     )
-    p.add_argument("--quick", action="store_true", help="smaller scenarios and fewer runs (under two minutes)")
-    p.add_argument("--out", default="docs", help="where to write benchmarks.md and img/ (default: %(default)s)")
-    p.add_argument("--runs", type=int, help="runs per scenario and client (default: 3 quick, 5 full; 1 for the long ones)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller scenarios, fewer runs and smaller scaling levels (about 2-3 minutes on 2 cores)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where to write benchmarks.md and img/ (default: ./docs in this project's checkout, "
+                   "else ./nous-twisted-bench)")
+    p.add_argument("--force", action="store_true", help="replace an existing benchmarks.md in the output directory")
+    p.add_argument("--runs", type=int, help="runs per scenario and client (default: 3 quick, 5 full; fewer for the long ones)")
+    p.add_argument("--profile", metavar="SCENARIO",
+                   help="instead of the whole bench: run SCENARIO's client once under cProfile and print where "
+                   "the time goes per request or event (reactor, HTTP parsing, library, JSON, other)")
+    p.add_argument("--client", default="nous_agent",
+                   help="the client --profile runs (default: %(default)s; e.g. nous_treq, nous_agent_iter, "
+                   "nous_agent_accel, agent, aiohttp, twisted_floor)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,13 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             import aiohttp  # noqa: F401
             import httpx_sse  # noqa: F401
             import matplotlib  # noqa: F401
+            import trustme  # noqa: F401
         except ImportError as e:
             print(f"nous-twisted bench needs the 'bench' extra ({e.name} is missing): "
                   "pip install 'nous-twisted[bench]'", file=sys.stderr)
             return 2
+        if args.profile:
+            from .bench.run import profile_main
+
+            return profile_main(args.profile, args.client, quick=args.quick)
         from .bench.run import main as bench_main
 
-        return bench_main(quick=args.quick, out_dir=args.out, runs=args.runs)
+        return bench_main(quick=args.quick, out_dir=args.out, runs=args.runs, force=args.force)
     if args.command == "demo":
         if args.reactor == "asyncio":
             from twisted.internet import asyncioreactor

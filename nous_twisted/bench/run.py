@@ -8,59 +8,158 @@ written from these numbers only.
 
 from __future__ import annotations
 
+import atexit
+import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .clients import CLIENTS
-from .scenarios import SCENARIOS, Scenario
+from .scenarios import ALL_SCENARIOS, SCALING, SCALING_NAMES, SCENARIOS, Scenario
+
+REPORT = "benchmarks.md"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.5))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class Progress:
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.start = time.monotonic()
+    """A one-line progress bar with the time left: each step has a weight (its
+    rough cost in seconds); the time left is the weight still to run at the
+    pace measured so far (at the weights' own pace before the first step)."""
 
-    def step(self, label: str) -> None:
-        self.done += 1
+    def __init__(self, weights: list[float], clock: Callable[[], float] = time.monotonic, out: Any = None) -> None:
+        self.weights = weights
+        self.total = len(weights)
+        self.done = 0
+        self.done_weight = 0.0
+        self.clock = clock
+        self.out = out if out is not None else sys.stderr
+        self.start = clock()
+
+    def eta(self) -> float:
+        """Seconds left, estimated."""
+        remaining = sum(self.weights[self.done :])
+        if self.done_weight <= 0:
+            return remaining
+        return remaining * (self.clock() - self.start) / self.done_weight
+
+    def line(self, label: str) -> str:
         width = 30
         filled = int(width * self.done / self.total)
-        elapsed = time.monotonic() - self.start
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:5.0f}s {label:<40}")
-        sys.stderr.flush()
+        elapsed = self.clock() - self.start
+        left = "done" if self.done == self.total else f"~{_duration(self.eta())} left"
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                f"{_duration(elapsed):>6} {left:<13} {label:<44}")
+
+    def step(self, label: str) -> None:
+        self.done_weight += self.weights[self.done]
+        self.done += 1
+        self.out.write("\r" + self.line(label))
+        self.out.flush()
         if self.done == self.total:
-            sys.stderr.write("\n")
+            self.out.write("\n")
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nous_twisted.bench.server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+# http base URL of a running bench server -> (its https base URL, the CA's PEM file)
+_TLS: dict[str, tuple[str, str]] = {}
+
+
+def _make_ca(directory: str) -> tuple[str, str]:
+    """A trustme CA for this run: (the server's key and chain PEM, the CA PEM)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, ca_pem = os.path.join(directory, "server.pem"), os.path.join(directory, "ca.pem")
+    cert.private_key_and_cert_chain_pem.write_to_path(chain)
+    ca.cert_pem.write_to_path(ca_pem)
+    return chain, ca_pem
+
+
+def start_server(tls: bool = True) -> tuple[subprocess.Popen[str], str]:
+    """Start the bench server; its http base URL.  With ``tls`` it also listens
+    with TLS, its certificate (for 127.0.0.1 and localhost) signed by a CA made
+    for this run; :func:`run_one` sends the TLS scenarios there."""
+    cmd = [sys.executable, "-m", "nous_twisted.bench.server"]
+    ca_pem = None
+    if tls:
+        directory = tempfile.mkdtemp(prefix="nous-twisted-bench-ca-")
+        atexit.register(shutil.rmtree, directory, True)
+        chain, ca_pem = _make_ca(directory)
+        cmd += ["--tls", chain]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("PORT "):
         proc.kill()
         raise RuntimeError(f"the benchmark server did not start: {line!r}")
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+    words = line.split()
+    base = f"http://127.0.0.1:{int(words[1])}"
+    if ca_pem is not None:
+        _TLS[base] = (f"https://127.0.0.1:{int(words[3])}", ca_pem)
+    return proc, base
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+
+def client_env(client: str) -> dict[str, str]:
+    """This library's clients run in pure Python unless they are an
+    ``_accel`` variant, which runs with the optional accelerator when it is
+    installed (whatever the caller's environment says)."""
+    env = dict(os.environ)
+    if client.startswith("nous_") and "_accel" not in client:
+        env["NOUS_TWISTED_NO_SPEEDUPS"] = "1"
+    else:
+        env.pop("NOUS_TWISTED_NO_SPEEDUPS", None)
+    return env
 
 
 def run_one(client: str, scenario: str, base: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One (client, scenario) run in a fresh process; its result, or ``{"error": ...}``."""
+    sc = ALL_SCENARIOS.get(scenario)
+    if sc is not None and sc.tls:
+        if base not in _TLS:
+            return {"error": f"{scenario} needs the server's TLS listener: start_server(tls=True)"}
+        base, ca = _TLS[base]
+        params = {"ca": ca, **params}  # an explicit "ca" wins (the tests give a wrong one)
     out = subprocess.run(
         [sys.executable, "-m", "nous_twisted.bench.clients", client, scenario, base, orjson.dumps(params).decode()],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=client_env(client),
     )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"error": f"exit {out.returncode}: {out.stderr[-2000:]}"}
     result: dict[str, Any] = orjson.loads(lines[-1])
     return result
+
+
+def accelerator() -> str | None:
+    """The optional accelerator as installed ("httptools 0.6.1"), or None."""
+    if importlib.util.find_spec("httptools") is None:
+        return None
+    try:
+        return f"httptools {importlib.metadata.version('httptools')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "httptools"
 
 
 def decoder_alone(repeat: int) -> dict[str, float]:
@@ -101,14 +200,18 @@ def decoder_alone(repeat: int) -> dict[str, float]:
     return out
 
 
+def _stat(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def summarise(runs: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
     good = [r for r in runs if "error" not in r]
     if not good:
         return {"error": runs[0].get("error", "no run") if runs else "no run"}
+    if scenario.name in SCALING_NAMES:
+        return _summarise_levels(good, scenario)
     units = "requests" if scenario.unit == "request" else "events"
-
-    def stat(values: list[float]) -> dict[str, float]:
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    stat = _stat
 
     s: dict[str, Any] = {
         "cpu_us": stat([r["cpu_s"] / r[units] * 1e6 for r in good]),
@@ -122,6 +225,19 @@ def summarise(runs: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
     if "rss_series" in good[0]:
         s["rss_series"] = good[len(good) // 2]["rss_series"]
     return s
+
+
+def _summarise_levels(good: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
+    """A scaling scenario: per level, CPU per request or event (µs), or KiB per open stream."""
+    levels: dict[str, dict[str, float]] = {}
+    for level in good[0]["levels"]:
+        if scenario.unit == "stream":
+            values = [r["levels"][level]["kib_per_stream"] for r in good]
+        else:
+            units = "requests" if scenario.unit == "request" else "events"
+            values = [r["levels"][level]["cpu_s"] / r["levels"][level][units] * 1e6 for r in good]
+        levels[level] = _stat(values)
+    return {"levels": levels, "peak_rss_mb": _stat([r["peak_rss_mb"] for r in good]), "runs": len(good)}
 
 
 def machine() -> dict[str, str]:
@@ -151,30 +267,131 @@ def machine() -> dict[str, str]:
     }
 
 
-def main(quick: bool = False, out_dir: str = "docs", runs: int | None = None) -> int:
+def is_checkout(directory: str) -> bool:
+    """Whether ``directory`` is this project's checkout: its setup.cfg names
+    nous-twisted and it holds the nous_twisted package."""
+    try:
+        with open(os.path.join(directory, "setup.cfg")) as f:
+            named = re.search(r"^name\s*=\s*nous-twisted\s*$", f.read(), re.MULTILINE) is not None
+    except OSError:
+        return False
+    return named and os.path.isdir(os.path.join(directory, "nous_twisted"))
+
+
+def default_out_dir(directory: str) -> str:
+    """``docs/`` in this project's checkout, else a ``nous-twisted-bench/`` folder."""
+    return os.path.join(directory, "docs" if is_checkout(directory) else "nous-twisted-bench")
+
+
+def check_out_dir(out_dir: str, force: bool) -> str | None:
+    """Why the report may not be written to ``out_dir`` (an existing report
+    without ``force``, or a file in the way), or None."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        return f"{out_dir} exists and is not a directory"
+    report = os.path.join(out_dir, REPORT)
+    if os.path.exists(report) and not force:
+        return f"{report} already exists: pass --force to replace it, or --out DIR to write elsewhere"
+    return None
+
+
+@dataclass
+class Job:
+    scenario: Scenario
+    client: str
+    runs: int
+    quick: bool
+    profile: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.scenario.quick if self.quick else self.scenario.full
+
+    @property
+    def weight(self) -> float:
+        """Rough seconds per run, for the time-left estimate."""
+        return self.scenario.cost[0 if self.quick else 1]
+
+
+# The profiles the report shows: (scenario, client); the accelerated one only when it is installed.
+PROFILED = (("stream_2000", "nous_agent"), ("small_post", "nous_agent"), ("stream_2000", "nous_agent_accel"))
+
+
+def plan(quick: bool, runs: int | None, accel: str | None) -> list[Job]:
+    """Every (scenario, client) with its runs, in the order they run."""
+    jobs = []
+    for sc in SCENARIOS + SCALING:
+        n = runs or (sc.runs_quick if quick else sc.runs_full)
+        for client in CLIENTS + tuple(v for v in sc.variants if accel or "_accel" not in v):
+            jobs.append(Job(sc, client, n, quick))
+    for name, client in PROFILED:
+        if accel or "_accel" not in client:
+            jobs.append(Job(ALL_SCENARIOS[name], client, 1, quick, profile=True))
+    return jobs
+
+
+def profile_one(server_base: str, scenario: Scenario, client: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One profiled run: the result with its ``profile`` breakdown."""
+    return run_one(client, scenario.name, server_base, dict(params, profile=True))
+
+
+def main(quick: bool = False, out_dir: str | None = None, runs: int | None = None, force: bool = False) -> int:
+    out_dir = out_dir or default_out_dir(os.getcwd())
+    problem = check_out_dir(out_dir, force)
+    if problem:
+        print(f"nous-twisted bench: {problem}", file=sys.stderr)
+        return 2
+    replaced = os.path.exists(os.path.join(out_dir, REPORT))
+    os.makedirs(out_dir, exist_ok=True)
+    accel = accelerator()
+    print(f"nous-twisted bench: writing {os.path.join(out_dir, REPORT)}"
+          + (" (replacing the one there)" if replaced else "")
+          + f"; accelerator: {accel or 'not installed'}", file=sys.stderr)
+    jobs = plan(quick, runs, accel)
     server, base = start_server()
     results: dict[str, dict[str, Any]] = {}
+    profiles: list[dict[str, Any]] = []
     try:
-        plan = [(sc, c) for sc in SCENARIOS for c in CLIENTS]
-        total = sum((runs or (sc.runs_quick if quick else sc.runs_full)) for sc, _ in plan)
-        progress = Progress(total)
+        progress = Progress([j.weight for j in jobs for _ in range(j.runs)])
         started = time.monotonic()
-        for sc, client in plan:
-            n = runs or (sc.runs_quick if quick else sc.runs_full)
-            params = sc.quick if quick else sc.full
+        for job in jobs:
+            if job.profile:
+                r = profile_one(base, job.scenario, job.client, job.params)
+                progress.step(f"profile {job.scenario.name} {job.client}")
+                profiles.append({"scenario": job.scenario.name, "client": job.client, "unit": job.scenario.unit,
+                                 "result": r})
+                continue
             rs = []
-            for _ in range(n):
-                rs.append(run_one(client, sc.name, base, params))
-                progress.step(f"{sc.name} {client}")
-            results.setdefault(sc.name, {})[client] = summarise(rs, sc)
+            for _ in range(job.runs):
+                rs.append(run_one(job.client, job.scenario.name, base, job.params))
+                progress.step(f"{job.scenario.name} {job.client}")
+            results.setdefault(job.scenario.name, {})[job.client] = summarise(rs, job.scenario)
         decoders = decoder_alone(3 if quick else 10)
         elapsed = time.monotonic() - started
     finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        server.wait(timeout=10)
+        stop_server(server)
     from .report import write_report
 
-    path = write_report(results, decoders, machine(), quick, elapsed, out_dir)
-    print(f"report written to {path} ({elapsed:.0f} s)")
+    path = write_report(results, decoders, machine(), quick, elapsed, out_dir, profiles=profiles, accel=accel)
+    print(f"report written to {path}" + (" (replaced the previous one)" if replaced else "") + f" ({elapsed:.0f} s)")
+    return 0
+
+
+def profile_main(scenario: str, client: str, quick: bool = False) -> int:
+    """``nous-twisted bench --profile SCENARIO``: where the time goes, printed."""
+    from .report import format_profile
+
+    sc = ALL_SCENARIOS.get(scenario)
+    if sc is None or sc.name in SCALING_NAMES:
+        names = ", ".join(s.name for s in SCENARIOS)
+        print(f"nous-twisted bench: --profile takes one of {names}, not {scenario!r}", file=sys.stderr)
+        return 2
+    server, base = start_server()
+    try:
+        r = profile_one(base, sc, client, sc.quick if quick else sc.full)
+    finally:
+        stop_server(server)
+    if "error" in r:
+        print(f"nous-twisted bench: the profiled run failed:\n{r['error']}", file=sys.stderr)
+        return 1
+    print("\n".join(format_profile(sc.name, client, sc.unit, r, top=True)))
     return 0

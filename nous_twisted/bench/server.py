@@ -6,17 +6,23 @@ Routes (any method; the request body is read and ignored):
 - ``/small``: a ~1 KB JSON reply; ``/large``: a 256 KB JSON reply;
 - ``/sse2000``: 2,000 chat-completion chunks and ``[DONE]``, one HTTP chunk per
   event; ``/sse2000big``: the same body in 64 KiB HTTP chunks;
-- ``/paced``: 50 tokens, 20 ms apart;
+- ``/paced``: 50 tokens, 20 ms apart (``?gap=MS`` changes the gap);
 - ``/flood?event=N&total=M``: events of N bytes up to M bytes, written as fast
-  as TCP allows (the server stops writing while the socket is full).
+  as TCP allows (the server stops writing while the socket is full);
+- ``/hold?tag=T``: the headers and one event, then nothing until
+  ``/release?tag=T`` (which answers like ``/small``) ends every stream held
+  under that tag with ``[DONE]``: the streams a memory measurement keeps open.
 
-Run: ``python -m nous_twisted.bench.server`` prints ``PORT <n>`` and serves
+Run: ``python -m nous_twisted.bench.server [--tls CHAIN_PEM]`` prints
+``PORT <n>`` (and `` TLSPORT <m>`` when ``--tls`` names a PEM file holding a
+private key and its certificate chain: the same routes over TLS) and serves
 until stdin closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from typing import Any
 
@@ -64,6 +70,10 @@ RESPONSES: dict[str, bytes] = {
 PACED_HEAD = _head(b"text/event-stream", None)
 PACED_TOKENS = [_chunk(sse_event(i)) for i in range(50)] + [_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
 PACED_GAP = 0.020
+HOLD_EVENT = _chunk(sse_event(0))
+END = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+# tag -> the connections whose /hold stream is open under it
+HELD: dict[str, list[_Conn]] = {}
 
 
 class _Conn(asyncio.Protocol):
@@ -101,16 +111,24 @@ class _Conn(asyncio.Protocol):
 
     def respond(self) -> None:
         path, _, query = self.path.partition("?")
+        args = dict(p.split("=") for p in query.split("&") if "=" in p)
         ready = RESPONSES.get(path)
         if ready is not None:
             self.t.write(ready)
         elif path == "/paced":
             self.t.write(PACED_HEAD)
             loop = asyncio.get_running_loop()
+            gap = float(args["gap"]) / 1000 if "gap" in args else PACED_GAP
             for i, tok in enumerate(PACED_TOKENS):
-                loop.call_later(PACED_GAP * (i + 1), self._write, tok)
+                loop.call_later(gap * (i + 1), self._write, tok)
+        elif path == "/hold":
+            self.t.write(PACED_HEAD + HOLD_EVENT)
+            HELD.setdefault(args.get("tag", ""), []).append(self)
+        elif path == "/release":
+            for conn in HELD.pop(args.get("tag", ""), []):
+                conn._write(END)
+            self.t.write(RESPONSES["/small"])
         elif path == "/flood":
-            args = dict(p.split("=") for p in query.split("&") if "=" in p)
             size = int(args.get("event", 16384))
             pad = size - len(b'data: {"pad":""}\n\n')
             event = b'data: {"pad":"' + b"p" * pad + b'"}\n\n'
@@ -145,14 +163,32 @@ class _Conn(asyncio.Protocol):
         self._pump()
 
 
-async def serve(port: int = 0) -> None:
+async def serve(port: int = 0, tls_chain: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Conn, "127.0.0.1", port, backlog=4096)
-    print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
+    line = f"PORT {server.sockets[0].getsockname()[1]}"
+    servers = [server]
+    if tls_chain is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tls_chain)
+        tls = await loop.create_server(_Conn, "127.0.0.1", 0, backlog=4096, ssl=ctx)
+        line += f" TLSPORT {tls.sockets[0].getsockname()[1]}"
+        servers.append(tls)
+    print(line, flush=True)
     # Serve until the parent closes our stdin.
     await loop.run_in_executor(None, sys.stdin.read)
-    server.close()
+    for s in servers:
+        s.close()
+
+
+def _main(argv: list[str]) -> None:
+    tls_chain = None
+    if "--tls" in argv:
+        i = argv.index("--tls")
+        tls_chain = argv[i + 1]
+        del argv[i : i + 2]
+    asyncio.run(serve(int(argv[0]) if argv else 0, tls_chain))
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    _main(sys.argv[1:])
