@@ -215,6 +215,8 @@ def _scaling_plot(results: dict[str, Any], out_dir: str) -> str | None:
                 xs = sorted(levels, key=int)
                 ax.plot([int(x) for x in xs], [levels[x]["median"] for x in xs], marker="o", label=LABELS[client])
         ax.set_xscale("log")
+        if sc.unit != "stream":
+            ax.set_yscale("log")  # httpx is an order of magnitude above the others
         ax.set_xlabel(xlabels.get(sc.name, "level"))
         ax.set_ylabel(ylabels[sc.unit])
         ax.set_title(sc.name)

@@ -77,6 +77,8 @@ class Progress:
 
 # http base URL of a running bench server -> (its https base URL, the CA's PEM file)
 _TLS: dict[str, tuple[str, str]] = {}
+# http base URL -> the server's process, to say so when it has died
+_SERVERS: dict[str, subprocess.Popen[str]] = {}
 
 
 def _make_ca(directory: str) -> tuple[str, str]:
@@ -112,6 +114,7 @@ def start_server(tls: bool = True) -> tuple[subprocess.Popen[str], str]:
     base = f"http://127.0.0.1:{int(words[1])}"
     if ca_pem is not None:
         _TLS[base] = (f"https://127.0.0.1:{int(words[3])}", ca_pem)
+    _SERVERS[base] = proc
     return proc, base
 
 
@@ -135,6 +138,9 @@ def client_env(client: str) -> dict[str, str]:
 
 def run_one(client: str, scenario: str, base: str, params: dict[str, Any]) -> dict[str, Any]:
     """One (client, scenario) run in a fresh process; its result, or ``{"error": ...}``."""
+    server = _SERVERS.get(base)
+    if server is not None and server.poll() is not None:
+        return {"error": f"the bench server at {base} has exited (code {server.returncode})"}
     sc = ALL_SCENARIOS.get(scenario)
     if sc is not None and sc.tls:
         if base not in _TLS:
