@@ -256,6 +256,8 @@ class ChunkedDecoder:
 
 
 _HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+# A chunk's CRLF, then the last chunk without trailers.
+_LAST_CHUNK = b"\r\n0\r\n\r\n"
 # A chunk-size line of 1024+ bytes that llhttp accepts has no extension (reads
 # with ';' never reach llhttp) and at most 16 significant hex digits (more
 # overflow in llhttp), so it holds a run of 1008+ zeros, which covers a whole
@@ -375,8 +377,7 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
         self._sink: _Sink | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None and (self._state != _LENGTH or self._buffer or len(data) < self.min_read):
+        if self._parser is None and (self._state != _LENGTH or self._buffer or len(data) < self.min_read):
             # llhttp can only start at a chunk boundary.
             ChunkedDecoder.dataReceived(self, data)
             return
@@ -384,38 +385,63 @@ class HttptoolsChunkedDecoder(ChunkedDecoder):
             data = bytes(data)
         if not data:
             return
-        if (data.find(b";") < 0 or _no_extension(data)) and (
-            not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data)
-        ):
-            if parser is None:
-                self._sink = _Sink()
-                parser = self._parser = _HttpResponseParser(self._sink)
-                parser.feed_data(_HEAD)
-            sink = self._sink
-            assert sink is not None
-            parts = sink.parts
-            try:
-                parser.feed_data(data)
-            except Exception:
-                pass  # llhttp rejected it: the pure decoder says how Twisted does
-            else:
-                payload = b"".join(parts)
-                if (
-                    sink.open
-                    and (len(data) - len(payload) < MAX_CHUNK_SIZE_LINE or not _long_size_line(data, payload, parts))
-                    and (
-                        # The common end: a chunk boundary.
-                        (parts and parts[-1] is _ENDED and data[-2:] == b"\r\n" and self._at_boundary())
-                        or self._settle(data, parts)
-                    )
-                ):
-                    parts.clear()
-                    if payload:
-                        self.dataCallback(payload)
-                    return
-            parts.clear()
+        if data[-7:] == _LAST_CHUNK:
+            # The usual last read: chunks, then the last chunk, no trailer.
+            # llhttp takes all but the last chunk; after a chunk boundary the
+            # rest is known without parsing: the end, with nothing after it.
+            saved = self._state, self._remaining, self._buffer
+            payload = self._llhttp(data[:-5])
+            if payload is not None and self._state == _LENGTH and not self._buffer:
+                self._parser = self._sink = None
+                self._state = _FINISHED
+                if payload:
+                    self.dataCallback(payload)
+                self.finishCallback(b"")
+                return
+            self._state, self._remaining, self._buffer = saved
+        else:
+            payload = self._llhttp(data)
+            if payload is not None:
+                if payload:
+                    self.dataCallback(payload)
+                return
         self._parser = self._sink = None
         ChunkedDecoder.dataReceived(self, data)
+
+    def _llhttp(self, data: bytes) -> bytes | None:
+        """The payload of ``data`` parsed by llhttp, with the pure decoder's
+        state moved past it; None (state untouched) where llhttp cannot be
+        trusted with it."""
+        if not (
+            (data.find(b";") < 0 or _no_extension(data))
+            and (not self._buffer or self._state != _LENGTH or self._line_ends_in_limit(data))
+        ):
+            return None
+        parser = self._parser
+        if parser is None:
+            self._sink = _Sink()
+            parser = self._parser = _HttpResponseParser(self._sink)
+            parser.feed_data(_HEAD)
+        sink = self._sink
+        assert sink is not None
+        parts = sink.parts
+        try:
+            parser.feed_data(data)
+        except Exception:
+            parts.clear()
+            return None  # llhttp rejected it: the pure decoder says how Twisted does
+        payload = b"".join(parts)
+        ok = (
+            sink.open
+            and (len(data) - len(payload) < MAX_CHUNK_SIZE_LINE or not _long_size_line(data, payload, parts))
+            and (
+                # The common end: a chunk boundary.
+                (parts and parts[-1] is _ENDED and data[-2:] == b"\r\n" and self._at_boundary())
+                or self._settle(data, parts)
+            )
+        )
+        parts.clear()
+        return payload if ok else None
 
     def _at_boundary(self) -> bool:
         self._state = _LENGTH
