@@ -19,6 +19,8 @@ from hypothesis import settings
 from twisted.internet.ssl import PrivateCertificate
 
 import nous_twisted
+from nous_twisted import request as request_module
+from nous_twisted import resolve as resolve_module
 from nous_twisted.testing import FakeLLMServer
 
 
@@ -36,6 +38,10 @@ def get_reactor() -> Any:
 
 @pytest.fixture(autouse=True)
 def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Every test checks its URLs itself: a URL validated by an earlier test
+    # would otherwise skip the checks (and a mutated check would go unseen).
+    request_module._url_cache.clear()
+    resolve_module._builtin_instances.clear()
     monkeypatch.delenv("NOUS_HTTP_BACKEND", raising=False)
     monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
