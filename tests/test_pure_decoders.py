@@ -435,3 +435,86 @@ def test_provider_error_types() -> None:
         d = NDJSONDecoder()
         run(d, line + b"\n")
         assert error_of(d).error_type == etype, line
+
+
+# -- edges found by mutation testing --------------------------------------------
+
+
+def test_skipped_data_is_logged_at_debug_with_what_it_was() -> None:
+    from twisted.logger import LogLevel, formatEvent
+
+    from .helpers import LogCapture
+
+    cases = [
+        (NDJSONDecoder(), [b"nope\r\n"], "skipping an NDJSON line that is not JSON: b'nope'"),
+        (JSONArrayDecoder(), [b"[nope]"], "skipping a JSON array element that is not JSON: b'nope'"),
+        (SSEDecoder(), [b"data: 0\n\n", b"data: nope\n\n"], "skipping an SSE event that is not JSON: b'nope'"),
+        (SSEDecoder(), [b"event: e\ndata: nope\n\n"], "skipping an SSE event that is not JSON: b'nope'"),
+        (NDJSONDecoder(), [b"x" * 300 + b"\n"], "skipping an NDJSON line that is not JSON: b'" + "x" * 200 + "'"),
+    ]
+    for dec, chunks, text in cases:
+        with LogCapture() as cap:
+            run(dec, *chunks)
+        mine = [e for e in cap.events if e.get("log_namespace") == "nous_twisted.decoders"]
+        assert [formatEvent(e) for e in mine] == [text]
+        assert mine[0]["log_level"] == LogLevel.debug
+
+
+def test_sse_non_json_in_a_batch_skips_only_that_event() -> None:
+    d = SSEDecoder()
+    assert d.feed(b"data: 0\n\n") == [0]
+    assert d.feed(b"data: nope\n\ndata: 1\n\n") == [1]
+
+
+def test_sse_done_with_crlf_after_a_fast_read() -> None:
+    d = SSEDecoder()
+    assert d.feed(b"data: 0\n\n") == [0]
+    assert d.feed(b"data: [DONE]\r\n\n") == []
+    assert d.terminal == StreamDone("stop")
+
+
+def test_format_for_with_several_parameters() -> None:
+    assert format_for("application/x-ndjson; a=b; c=d") == "ndjson"
+
+
+def test_array_limits_start_from_zero_for_each_element() -> None:
+    d = JSONArrayDecoder(7)
+    assert run(d, b"[1,", b"1234567", b"]") == [1, 1234567]
+    assert d.terminal == StreamDone("eof")
+    d = JSONArrayDecoder(7)
+    assert run(d, b'   {"a":', b"1}") == [{"a": 1}]  # leading blanks are not the element's
+
+
+def test_array_not_an_array_keeps_200_bytes() -> None:
+    d = JSONArrayDecoder()
+    run(d, b"x" * 300)
+    assert error_of(d).raw == b"x" * 200
+
+
+@pytest.mark.parametrize("junk", [b"#", b"|", b"\\"])
+def test_array_junk_scalars_are_skipped(junk: bytes) -> None:
+    d = JSONArrayDecoder()
+    assert run(d, b"[" + junk + b", 1]") == [1]
+    assert d.terminal == StreamDone("eof")
+    assert d.events_seen == 2
+
+
+def test_ndjson_overflow_is_seen_before_the_line_ends() -> None:
+    d = NDJSONDecoder(10)
+    assert d.feed(b"12345") == []
+    assert d.feed(b"67890") == []
+    assert d.terminal is None
+    assert d.feed(b"1") == []
+    assert isinstance(error_of(d), BufferOverflow)
+
+
+def test_ndjson_limit_starts_from_zero_after_a_joined_line() -> None:
+    d = NDJSONDecoder(10)
+    assert d.feed(b"123") == []
+    assert d.feed(b"45\n1234567890") == [12345]
+    assert d.terminal is None
+    assert run(d, b"\n") == [1234567890]
+
+
+def test_ndjson_last_line_in_pieces() -> None:
+    assert run(NDJSONDecoder(), b"12", b"34") == [1234]

@@ -245,3 +245,70 @@ def test_events_dispatched_counts_both_paths() -> None:
 
 def test_text_property() -> None:
     assert msg(b"caf\xc3\xa9 \xff").text == "caf\u00e9 \ufffd"
+
+
+# -- state after a dispatch, a close and an overflow -----------------------------
+
+
+def at_the_limits(p: SSEParser) -> list[SSEEvent]:
+    """With max_event_bytes=8: a held line of exactly 8 bytes, a line joined
+    from pieces, another held line of 8, then 8 bytes of event data: each at
+    its limit, so any count left over from before overflows."""
+    return feed_all(p, b"event: a", b"\nevent: b", b"\ndata: ab\ndata: cd\ndata: e\n\n")
+
+
+def test_limits_start_from_zero() -> None:
+    assert at_the_limits(SSEParser(8)) == [msg(b"ab\ncd\ne", event="b")]
+
+
+def test_limits_start_from_zero_after_a_dispatch() -> None:
+    p = SSEParser(8)
+    assert p.feed(b"data: ab\ndata: cd\n\n") == [msg(b"ab\ncd")]
+    assert at_the_limits(p) == [msg(b"ab\ncd\ne", event="b")]
+
+
+def test_limits_start_from_zero_after_close() -> None:
+    p = SSEParser(8)
+    p.feed(b"event: x\ndata: ab\nevent")
+    p.close()
+    assert at_the_limits(p) == [msg(b"ab\ncd\ne", event="b")]
+
+
+def test_limits_start_from_zero_after_an_overflow() -> None:
+    p = SSEParser(8)
+    with pytest.raises(BufferOverflow):
+        p.feed(b"data: ab\ndata: cd\ndata: ef\nevent: q")
+    assert p.feed(b"\n") == []  # ends the held "event: q" line
+    assert at_the_limits(p) == [msg(b"ab\ncd\ne", event="b")]
+
+
+def test_close_leaves_no_event_type_behind() -> None:
+    p = SSEParser()
+    p.feed(b"event: e\ndata: a\n")
+    p.close()
+    assert p.feed(b"data: y\n\n") == [msg(b"y")]
+
+
+def test_overflow_sizes_in_messages() -> None:
+    p = SSEParser(8)
+    p.feed(b"event")
+    with pytest.raises(BufferOverflow) as e:
+        p.feed(b": abcd\n")  # joined from pieces: 11 bytes
+    assert str(e.value) == "an SSE line or event of at least 11 bytes is over the limit of 8 bytes"
+    with pytest.raises(BufferOverflow) as e:
+        SSEParser(8).feed(b"data: ab\ndata: cd\ndata: ef\n\n")  # data: 3 + 3 + 3
+    assert str(e.value) == "an SSE line or event of at least 9 bytes is over the limit of 8 bytes"
+
+
+def test_only_the_first_lf_after_a_cr_is_skipped() -> None:
+    p = SSEParser()
+    assert p.feed(b"data: a\r") == []
+    assert p.feed(b"\n") == []
+    assert p.feed(b"\n") == [msg(b"a")]
+
+
+def test_cr_never_takes_the_fast_path() -> None:
+    p = SSEParser()
+    p.feed(b"data: 0\n\n")
+    assert p.feed_messages(b"data: 1\r\n\n") == (None, b"data: 1\r\n\n")
+    assert p.feed(b"data: 1\r\n\n") == [msg(b"1")]
