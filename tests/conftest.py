@@ -23,7 +23,6 @@ from nous_twisted import request as request_module
 from nous_twisted import resolve as resolve_module
 from nous_twisted.testing import FakeLLMServer
 
-
 # The mutation run (tox -e mutation) must give the same verdict every time:
 # fixed examples, no example database, no deadline (mutmut's tracing slows
 # every call down, and a deadline would turn that into a spurious kill).

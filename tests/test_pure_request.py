@@ -372,7 +372,7 @@ def test_url_cache_is_bounded_and_hits_return_the_same_forms() -> None:
     check_url("http://one-more.example/?k=abcdefghij")
     assert list(cache) == ["http://one-more.example/?k=abcdefghij"]
     hit = cache["http://one-more.example/?k=abcdefghij"]
-    assert hit == ("http://one-more.example/?k=abcdefghij".encode(), "http://one-more.example/?...", (b"abcdefghij",))
+    assert hit == (b"http://one-more.example/?k=abcdefghij", "http://one-more.example/?...", (b"abcdefghij",))
     req = prepare("http://one-more.example/?k=abcdefghij", {}, {})
     assert (req.url_bytes, req.display_url, req.secrets) == (hit.url_bytes, hit.display, (b"abcdefghij",))
 
