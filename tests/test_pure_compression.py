@@ -359,3 +359,67 @@ def test_decompress_all_checks_the_end() -> None:
         decompress_all("gzip", [body[:-3]], 100)
     assert decompress_all("deflate, gzip", [gz(zl(b"abc"))], 3) == b"abc"
     assert decompress_all("gzip", [], 0) == b""
+
+
+# -- edges found by mutation testing --------------------------------------------
+
+
+def test_has_output_is_exact_after_a_pull_of_exactly_the_rest() -> None:
+    d = decoder("gzip")
+    d.push(gz(b"x" * 100_000))
+    assert d.pull(50_000) == b"x" * 50_000
+    assert d.has_output is True
+    assert d.pull(50_000) == b"x" * 50_000
+    assert d.has_output is False
+    assert d.pull() == b""
+    d.close()
+
+
+def test_two_byte_pulls_are_full() -> None:
+    d = decoder("gzip")
+    d.push(gz(b"abcdefg"))
+    assert [d.pull(2) for _ in range(5)] == [b"ab", b"cd", b"ef", b"g", b""]
+
+
+def test_no_output_after_a_decode_error() -> None:
+    d = decoder("gzip")
+    d.push(b"\x1f\x8b\x08\x00" + b"\xff" * 100)
+    with pytest.raises(DecodeError) as e:
+        d.pull(1)
+    assert "zlib: Error -3 while decompressing data" in str(e.value)
+    assert d.has_output is False
+
+
+def test_gzip_is_not_zlib() -> None:
+    d = decoder("gzip")
+    d.push(zl(b"abc"))
+    with pytest.raises(DecodeError):
+        d.pull()
+    d = decoder("gzip")
+    d.push(gz(b"abc") + zl(b"def"))  # not a member (no magic): trailing garbage
+    assert drain(d, STEP) == b"abc"
+
+
+def test_a_member_whose_magic_is_split_across_pushes() -> None:
+    first, second = gz(b"one "), gz(b"two")
+    d = decoder("gzip")
+    d.push(first + second[:1])
+    d.push(second[1:])
+    assert drain(d, STEP) == b"one two"
+    d.close()
+
+
+def test_zlib_header_detection_edges() -> None:
+    # Raw deflate stored blocks whose first two bytes look almost like a zlib
+    # header: CINFO 8 (window over 32 KiB), and a wrong FCHECK.
+    data = bytes(range(28))
+    window_too_large = b"\x88\x1c\x00\xe3\xff" + data + b"\x01\x00\x00\xff\xff"
+    assert decode("deflate", window_too_large) == data
+    assert decode("deflate", window_too_large, 1) == data
+    bad_check = b"\x78\x05\x00\xfa\xff" + b"hello" + b"\x01\x00\x00\xff\xff"
+    assert decode("deflate", bad_check) == b"hello"
+
+
+def test_bytes_after_a_deflate_stream_are_never_decoded() -> None:
+    assert decode("deflate", zl(b"data") + gz(b"more")) == b"data"
+    assert decode("deflate", raw_deflate(b"data") + gz(b"more"), 1) == b"data"

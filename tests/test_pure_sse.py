@@ -312,3 +312,10 @@ def test_cr_never_takes_the_fast_path() -> None:
     p.feed(b"data: 0\n\n")
     assert p.feed_messages(b"data: 1\r\n\n") == (None, b"data: 1\r\n\n")
     assert p.feed(b"data: 1\r\n\n") == [msg(b"1")]
+
+
+def test_limit_applies_from_the_first_bytes() -> None:
+    # the first two bytes are not a BOM's start: they are a line, held and counted
+    with pytest.raises(BufferOverflow):
+        SSEParser(1).feed(b"ab")
+    assert SSEParser(1).feed(b"\xef\xbb") == []  # maybe a BOM: held, not counted
