@@ -209,3 +209,13 @@ def test_check_config() -> None:
         check_config("http_stream_backend", TreqBackend)
     assert e.value.setting == "configure(http_stream_backend=...)"
     check_config("http_backend", TreqBackend)
+
+
+def test_path_forms_split_where_documented(mod: Any) -> None:
+    # 'pkg.mod:Class' splits at the first ':', 'pkg.mod.Class' at the last '.'
+    with pytest.raises(BackendConfigError) as e:
+        resolve_http_backend("nous_pure_resolve_mod:Outer:Inner")
+    assert "module 'nous_pure_resolve_mod' has no attribute 'Outer:Inner'" in str(e.value)
+    with pytest.raises(BackendConfigError) as e:
+        resolve_http_backend("nous_pure_resolve_mod.Outer.Inner")
+    assert "cannot import it (ModuleNotFoundError: No module named 'nous_pure_resolve_mod.Outer'" in str(e.value)
