@@ -425,3 +425,11 @@ def test_zlib_header_detection_edges() -> None:
 def test_bytes_after_a_deflate_stream_are_never_decoded() -> None:
     assert decode("deflate", zl(b"data") + gz(b"more")) == b"data"
     assert decode("deflate", raw_deflate(b"data") + gz(b"more"), 1) == b"data"
+
+
+def test_has_output_is_exact_before_trailing_garbage() -> None:
+    d = decoder("gzip")
+    d.push(gz(b"abc") + b"\x00" * 10)
+    assert d.pull(3) == b"abc"
+    assert d.has_output is False
+    d.close()
