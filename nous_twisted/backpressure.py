@@ -52,7 +52,9 @@ class Watermarks:
         return queued >= self.high
 
     def may_resume(self, queued: int, waiting: bool) -> bool:
-        return queued < self.low
+        # An empty queue always resumes: with low == 0, "under low" never
+        # holds, and the stream would stall until max_pause failed it.
+        return queued < self.low or queued == 0
 
     def decode_more(self, queued: int) -> bool:
         return queued < self.high

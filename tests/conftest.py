@@ -1,6 +1,9 @@
 """Shared fixtures: a clean library state per test, loopback servers, TLS material.
 
 Run twice: ``pytest`` (default reactor) and ``pytest --reactor=asyncio``.
+The pure-module tests also run without the reactor plugin
+(``pytest -p no:twisted``), as ``tox -e mutation`` runs them: then no test
+can have touched the reactor, and nothing here does either.
 """
 
 from __future__ import annotations
@@ -12,10 +15,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 import trustme
+from hypothesis import settings
 from twisted.internet.ssl import PrivateCertificate
 
 import nous_twisted
+from nous_twisted import request as request_module
+from nous_twisted import resolve as resolve_module
 from nous_twisted.testing import FakeLLMServer
+
+# The mutation run (tox -e mutation) must give the same verdict every time:
+# fixed examples, no example database, no deadline (mutmut's tracing slows
+# every call down, and a deadline would turn that into a spurious kill).
+settings.register_profile("mutation", derandomize=True, database=None, deadline=None, print_blob=False)
 
 
 def get_reactor() -> Any:
@@ -25,7 +36,11 @@ def get_reactor() -> Any:
 
 
 @pytest.fixture(autouse=True)
-def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Every test checks its URLs itself: a URL validated by an earlier test
+    # would otherwise skip the checks (and a mutated check would go unseen).
+    request_module._url_cache.clear()
+    resolve_module._builtin_instances.clear()
     monkeypatch.delenv("NOUS_HTTP_BACKEND", raising=False)
     monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
@@ -33,7 +48,11 @@ def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
     )
     yield
-    pytest_twisted.blockon(nous_twisted.shutdown())
+    # Without the reactor plugin (-p no:twisted: the pure tests under mutmut)
+    # no reactor runs, so no test opened a connection and there is nothing to
+    # shut down; with it, every test ends with the pool closed.
+    if request.config.pluginmanager.has_plugin("twisted"):
+        pytest_twisted.blockon(nous_twisted.shutdown())
     nous_twisted.configure(
         http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
     )

@@ -1,0 +1,414 @@
+"""Request preparation, exact values from both sides of each rule: header
+encodings (Latin-1 values, ASCII names), the wire form and the displayed
+form of URLs, ports at their limits, query secrets, the URL cache.
+Reactor-free (these run under ``tox -e mutation``)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+
+from nous_twisted import request as request_module
+from nous_twisted.request import (
+    HTTPRequest,
+    check_url,
+    display_url,
+    encode_body,
+    normalize_headers,
+    prepare,
+    request_secrets,
+)
+
+URL = "https://api.example/v1"
+
+
+# -- headers ------------------------------------------------------------------
+
+
+def test_latin1_values_are_encoded_as_latin1() -> None:
+    assert normalize_headers({"X-Name": "José"}) == [(b"X-Name", b"Jos\xe9")]
+    assert normalize_headers([("X-A", "\xff\xa0")]) == [(b"X-A", b"\xff\xa0")]
+
+
+def test_values_outside_latin1_are_refused_with_the_encoding_named() -> None:
+    with pytest.raises(ValueError) as e:
+        normalize_headers([("X-Ok", "a"), ("X-Euro", "5 \u20ac")])
+    assert str(e.value) == (
+        "header #1 value has characters outside Latin-1; encode it (values: "
+        "percent- or base64-encode) before sending"
+    )
+
+
+def test_names_outside_ascii_are_refused_with_the_encoding_named() -> None:
+    with pytest.raises(ValueError) as e:
+        normalize_headers({"X-Jos\xe9": "v"})
+    assert str(e.value) == (
+        "header #0 name has characters outside ASCII; encode it (values: "
+        "percent- or base64-encode) before sending"
+    )
+
+
+@pytest.mark.parametrize("item, message", [
+    ((1, "v"), "header #0 name must be str, not int"),
+    (("X-A", None), "header #0 value must be str, not NoneType"),
+    (("X-A", 3.5), "header #0 value must be str, not float"),
+])
+def test_header_types(item: tuple[Any, Any], message: str) -> None:
+    with pytest.raises(TypeError) as e:
+        normalize_headers([item])
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("item", [("a",), ("a", "b", "c"), ["a", "b"], "ab"])
+def test_header_items_must_be_pairs(item: Any) -> None:
+    with pytest.raises(TypeError) as e:
+        normalize_headers([item])
+    assert str(e.value) == f"header #0 must be a (name, value) pair, not {type(item).__name__}"
+
+
+def test_headers_argument_forms() -> None:
+    assert normalize_headers(None) == []
+    assert normalize_headers({}) == []
+    assert normalize_headers(OrderedDict([("B", "1"), ("A", "2")])) == [(b"B", b"1"), (b"A", b"2")]
+    assert normalize_headers(iter([(b"X", b"y")])) == [(b"X", b"y")]
+    for bad in ("X: y", b"X: y"):
+        with pytest.raises(TypeError) as e:
+            normalize_headers(bad)
+        assert str(e.value) == "headers must be a mapping or an iterable of (name, value) pairs, not a string"
+    with pytest.raises(TypeError) as e:
+        normalize_headers(5)
+    assert str(e.value) == "headers must be a mapping or an iterable of (name, value) pairs, not int"
+
+
+def test_header_name_and_value_rules_at_their_edges() -> None:
+    assert normalize_headers({"!#$%&'*+-.^_`|~09AZaz": "v"}) == [(b"!#$%&'*+-.^_`|~09AZaz", b"v")]
+    for name in ("X A", "X:A", "", "X\"", "X(A)"):
+        with pytest.raises(ValueError, match="is not a valid HTTP field name"):
+            normalize_headers({name: "v"})
+    with pytest.raises(ValueError) as e:
+        normalize_headers({"a" * 50 + " ": "v"})
+    assert str(e.value) == f"header name {'a' * 40!r} is not a valid HTTP field name (letters, digits and !#$%&'*+-.^_`|~ only)"
+    assert normalize_headers({"X": "\x20\x21~\x80\t"}) == [(b"X", b"!~\x80")]
+    for bad in ("\x00", "\x08", "\n", "\x1f", "\x7f"):
+        with pytest.raises(ValueError) as e2:
+            normalize_headers({"X-K": "a" + bad})
+        assert str(e2.value) == (
+            "the value of header 'X-K' contains a control character (CR, LF or NUL, or another byte below 0x20 "
+            "other than tab, or DEL); value redacted; header injection is refused"
+        )
+
+
+def test_refused_header_message_is_exact() -> None:
+    with pytest.raises(ValueError) as e:
+        normalize_headers({"HOST": "x"})
+    assert str(e.value) == "header 'HOST' is refused: it is derived from the URL; put the host in the URL; remove it"
+
+
+def test_value_padding_is_stripped_but_inner_spaces_kept() -> None:
+    assert normalize_headers({"X": " \ta b\t "}) == [(b"X", b"a b")]
+
+
+def test_prepare_headers_exact() -> None:
+    req = prepare(URL, {"a": 1}, {"content-TYPE": "text/x", "Accept-Encoding": "br"}, accept=b"text/event-stream")
+    assert req.headers == (
+        (b"content-TYPE", b"text/x"),
+        (b"accept", b"text/event-stream"),
+        (b"accept-encoding", b"gzip, deflate"),
+    )
+    req = prepare(URL, b"{}", [("ACCEPT", "x/y")], accept=b"text/event-stream")
+    assert req.headers == (
+        (b"ACCEPT", b"x/y"),
+        (b"content-type", b"application/json"),
+        (b"accept-encoding", b"gzip, deflate"),
+    )
+    assert prepare(URL, b"", None).headers == ((b"content-type", b"application/json"), (b"accept-encoding", b"gzip, deflate"))
+
+
+def test_twisted_headers_keep_every_value() -> None:
+    req = prepare(URL, {}, [("X-A", "1"), ("x-a", "2")])
+    h = req.twisted_headers()
+    assert h.getRawHeaders(b"x-a") == [b"1", b"2"]
+    assert h.getRawHeaders(b"content-type") == [b"application/json"]
+
+
+# -- body ---------------------------------------------------------------------
+
+
+def test_body_forms() -> None:
+    assert encode_body(b"raw") == b"raw"
+    assert encode_body(bytearray(b"ba")) == b"ba"
+    assert type(encode_body(bytearray(b"ba"))) is bytes
+    assert encode_body(memoryview(b"mv")) == b"mv"
+    assert encode_body({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+    assert encode_body([1, 2]) == b"[1,2]"
+    assert encode_body(OrderedDict(b=1)) == b'{"b":1}'
+
+
+@pytest.mark.parametrize("body, message", [
+    ("{}", "body must be a Mapping, a list or bytes, not str (encode it to bytes yourself, or pass the parsed dict)"),
+    ((1, 2), "body must be a Mapping, a list or bytes, not tuple"),
+    (None, "body must be a Mapping, a list or bytes, not NoneType"),
+])
+def test_body_types(body: Any, message: str) -> None:
+    with pytest.raises(TypeError) as e:
+        encode_body(body)
+    assert str(e.value) == message
+
+
+def test_unencodable_body() -> None:
+    with pytest.raises(TypeError) as e:
+        encode_body({"a": object()})
+    assert str(e.value).startswith("body cannot be encoded as JSON: ")
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+# -- URLs: the wire form ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, wire", [
+    ("https://api.example", b"https://api.example"),
+    ("HTTPS://api.example/v1", b"https://api.example/v1"),
+    ("http://api.example:8080/v1", b"http://api.example:8080/v1"),
+    ("http://api.example:1/", b"http://api.example:1/"),
+    ("http://api.example:65535/", b"http://api.example:65535/"),
+    ("http://api.example?x=1", b"http://api.example/?x=1"),
+    ("http://api.example#f", b"http://api.example/#f"),
+    ("http://[::1]/x", b"http://[::1]/x"),
+    ("http://[::1]:81/x", b"http://[::1]:81/x"),
+    ("http://b\u00fccher.example/", b"http://xn--bcher-kva.example/"),
+    ("http://h.example/caf\u00e9?q=\u00e9#\u00e9", b"http://h.example/caf%C3%A9?q=%C3%A9#%C3%A9"),
+    ("http://h.example/a%20b?c=d&e", b"http://h.example/a%20b?c=d&e"),
+    ("http://h.example/\u00e9 ", None),
+])
+def test_wire_form(url: str, wire: bytes | None) -> None:
+    if wire is None:
+        with pytest.raises(ValueError):
+            check_url(url)
+    else:
+        assert check_url(url) == wire
+        assert prepare(url, {}, {}).url_bytes == wire
+
+
+def test_treq_url_sends_the_wire_bytes() -> None:
+    req = prepare("http://[::1]:81/caf\u00e9?q=1", {}, {})
+    u = req.treq_url()
+    assert u.to_uri() is u
+    assert u.to_text() == "http://[::1]:81/caf%C3%A9?q=1"
+
+
+# -- URLs: ports, hosts, authority --------------------------------------------
+
+
+@pytest.mark.parametrize("port, message", [
+    ("0", "url 'http://h.example:0/' has port 0, outside 1-65535"),
+    ("65536", "url 'http://h.example:65536/' has port 65536, outside 1-65535"),
+    ("", "url 'http://h.example:/' has an empty port after ':'; remove the ':' or give the port"),
+    ("8x", "url 'http://h.example:8x/' has a port that is not a number; give one in 1-65535"),
+    ("-1", "url 'http://h.example:-1/' has a port that is not a number; give one in 1-65535"),
+])
+def test_port_limits(port: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        check_url(f"http://h.example:{port}/")
+    assert str(e.value) == message
+
+
+def test_port_hint_when_an_at_sign_suggests_credentials() -> None:
+    with pytest.raises(ValueError) as e:
+        check_url("http://user:pa/ss@h.example/x")
+    assert str(e.value) == (
+        "url 'http://h.example/x' has a port that is not a number; give one in 1-65535 "
+        "(if what precedes '@' is user:password, put the credentials in a header instead)"
+    )
+    with pytest.raises(ValueError) as e:
+        check_url("http://h.example:x/?a=@")
+    assert str(e.value) == "url 'http://h.example:x/?...' has a port that is not a number; give one in 1-65535"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://[::1/x", "url 'http://[::1/x' has an unclosed '[' in its host"),
+    ("http://[::1]x/", "url 'http://[::1]x/' has text after the IPv6 address; only ':port' may follow ']'"),
+    ("http://[::1]:/", "url 'http://[::1]:/' has an empty port after ':'; remove the ':' or give the port"),
+    ("http://a:1:2/", "url 'http://a:1:2/' has more than one ':' in its host part; write an IPv6 address in "
+     "brackets, as in http://[::1]:8080/"),
+    ("http://[fe80::1%25eth0]/", "url 'http://[fe80::1%25eth0]/': IPv6 zone identifiers ('%...') are not supported"),
+    ("http://[::g]/", "url 'http://[::g]/': [::g] is not a valid IPv6 address"),
+    ("http://[]/", "url 'http://[]/' has no host"),
+    ("http://:80/", "url 'http://:80/' has no host"),
+    ("http://a\\b/", "url 'http://a\\\\b/' has a backslash in its host part; use '/' to start the path"),
+    ("ftp://h/", "url 'ftp://h/' has scheme 'ftp'; only 'http' and 'https' are supported"),
+    ("https:/h/", "url 'https:/h/' is malformed: write 'https://' (or 'http://') then the host"),
+    ("h.example/x", "url 'h.example/x' has no scheme; start it with https:// (or http:// for a plain-HTTP server)"),
+    ("http://h\ud800/", "url 'http://h\\ud800/' contains a lone surrogate, which has no UTF-8 form"),
+])
+def test_authority_messages(url: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        check_url(url)
+    assert str(e.value) == message
+
+
+def test_host_name_message() -> None:
+    with pytest.raises(ValueError) as e:
+        check_url("http://-bad.example/x?k=SECRETSECRET")
+    text = str(e.value)
+    assert text.startswith("url 'http://-bad.example/x?...': host '-bad.example' is not a valid host name (")
+    assert text.endswith(
+        "); host names are letters, digits and inner hyphens, in dot-separated labels of up to 63 characters"
+    )
+    long_host = "a" * 100 + ".example"
+    with pytest.raises(ValueError) as e:
+        check_url(f"http://{long_host}/")
+    assert f"host {long_host[:80]!r} is not" in str(e.value)
+
+
+@pytest.mark.parametrize("host", ["a" * 63 + ".example", "x.example.", "a-b.example", "1.2.3.4", "localhost"])
+def test_good_hosts(host: str) -> None:
+    assert check_url(f"http://{host}/") == f"http://{host}/".encode()
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..b", "a-.example", "\u00e9-.example"])
+def test_bad_hosts(host: str) -> None:
+    with pytest.raises(ValueError, match="is not a valid host name"):
+        check_url(f"http://{host}/")
+
+
+def test_url_type() -> None:
+    with pytest.raises(TypeError) as e:
+        check_url(b"http://h/")
+    assert str(e.value) == "url must be a str such as 'https://api.openai.com/v1/chat/completions', not bytes"
+
+    class S(str):
+        pass
+
+    req = prepare(S("http://h.example/"), {}, {})
+    assert type(req.url) is str and req.url == "http://h.example/"
+
+
+# -- URLs: what messages show -------------------------------------------------
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://api.example/v1/x?key=abc#f", "https://api.example/v1/x?..."),
+    ("https://api.example/v1/x#f?key=abc", "https://api.example/v1/x"),
+    ("https://API.example:443/v1", "https://API.example:443/v1"),
+    ("HTTP://h.example", "http://h.example"),
+    ("http://[::1]:8080/x?", "http://[::1]:8080/x?..."),
+    ("http://b\u00fccher.example/\u00e9", "http://b\u00fccher.example/\u00e9"),
+    # not valid URLs: shown without query, fragment or user info
+    ("https://u:p@h.example/x?y", "https://h.example/x?..."),
+    ("https://u:p/s@s@h.example/x?y=1", "https://h.example/x?..."),
+    ("nonsense ?key=1", "nonsense ?..."),
+    ("nonsense #key=1", "nonsense "),
+    ("u:p@host", "host"),
+    ("ftp://u@h/" + "a" * 300, "ftp://h/" + "a" * 192 + "..."),
+])
+def test_display_url(url: str, shown: str) -> None:
+    assert display_url(url) == shown
+
+
+def test_display_url_reaches_the_request_and_its_repr() -> None:
+    req = prepare("https://api.example/v1/m?key=SECRETSECRET", {"a": 1}, {"X-K": "v"})
+    assert req.display_url == "https://api.example/v1/m?..."
+    assert repr(req) == (
+        "HTTPRequest(POST https://api.example/v1/m?..., 7 bytes, headers=[X-K: <redacted>, "
+        "content-type: application/json, accept-encoding: gzip, deflate])"
+    )
+
+
+def test_shown_is_at_most_200_characters_plus_an_ellipsis() -> None:
+    with pytest.raises(ValueError) as e:
+        check_url("http://h.example/" + "x" * 182 + " ")  # 200 characters
+    assert str(e.value).startswith("url 'http://h.example/" + "x" * 182 + " ' contains")
+    with pytest.raises(ValueError) as e:
+        check_url("http://h.example/" + "x" * 183 + " ")
+    assert str(e.value).startswith("url 'http://h.example/" + "x" * 183 + "...' contains")
+
+
+# -- secrets ------------------------------------------------------------------
+
+
+def test_query_secrets_exact() -> None:
+    req = prepare("https://h.example/v?key=AIza%2BKEY12&k2=a+b+c+d+e&short=1234567&eight=12345678#frag=ABCDEFGHIJ",
+                  {}, {})
+    # (equal lengths come in no particular order)
+    assert sorted(req.secrets) == sorted([b"AIza%2BKEY12", b"a+b+c+d+e", b"a b c d e", b"AIza+KEY12", b"12345678"])
+    assert [len(s) for s in req.secrets] == sorted((len(s) for s in req.secrets), reverse=True)
+    assert b"ABCDEFGHIJ" not in req.secrets
+    assert b"frag=ABCDEFGHIJ" not in req.secrets
+
+
+def test_query_secret_value_is_what_follows_the_first_equals() -> None:
+    req = prepare("https://h.example/?k=abc=defghij", {}, {})
+    assert req.secrets == (b"abc=defghij",)
+    assert prepare("https://h.example/#?k=abcdefghij", {}, {}).secrets == ()
+    assert prepare("https://h.example/?k=\u00e9\u00e9\u00e9\u00e9", {}, {}).secrets == (
+        "\u00e9\u00e9\u00e9\u00e9".encode(),)
+
+
+def test_request_secrets_exact() -> None:
+    assert request_secrets([(b"Authorization", b"Bearer sk-12345678")]) == (b"Bearer sk-12345678", b"sk-12345678")
+    assert request_secrets([(b"PROXY-AUTHORIZATION", b"Basic \t12345678 ")]) == (b"Basic \t12345678 ", b"12345678")
+    assert request_secrets([(b"Authorization", b"Bearer 1234567")]) == (b"Bearer 1234567",)
+    assert request_secrets([(b"X-Key", b"12345678")]) == (b"12345678",)
+    assert request_secrets([(b"X-Key", b"1234567")]) == ()
+    assert request_secrets([(b"User-Agent", b"a-long-agent-string")]) == ()
+    assert request_secrets([(b"X-Api-Key", b"Bearer 12345678")]) == (b"Bearer 12345678",)
+    assert request_secrets([(b"a", b"x" * 8), (b"b", b"x" * 8)], [b"x" * 8, b"y" * 9]) == (b"y" * 9, b"x" * 8)
+
+
+# -- the URL cache ------------------------------------------------------------
+
+
+def test_url_cache_is_bounded_and_hits_return_the_same_forms() -> None:
+    cache = request_module._url_cache
+    cache.clear()
+    size = request_module._URL_CACHE_SIZE
+    assert size == 256
+    for i in range(size):
+        check_url(f"http://h{i}.example/")
+    assert len(cache) == size
+    assert cache["http://h0.example/"].url_bytes == b"http://h0.example/"
+    check_url("http://one-more.example/?k=abcdefghij")
+    assert list(cache) == ["http://one-more.example/?k=abcdefghij"]
+    hit = cache["http://one-more.example/?k=abcdefghij"]
+    assert hit == (b"http://one-more.example/?k=abcdefghij", "http://one-more.example/?...", (b"abcdefghij",))
+    req = prepare("http://one-more.example/?k=abcdefghij", {}, {})
+    assert (req.url_bytes, req.display_url, req.secrets) == (hit.url_bytes, hit.display, (b"abcdefghij",))
+
+
+def test_http_request_defaults() -> None:
+    r = HTTPRequest("u", b"u", b"", ())
+    assert r.display_url == "" and r.secrets == ()
+
+
+# -- edges found by mutation testing --------------------------------------------
+
+
+def test_edges_of_url_splitting() -> None:
+    assert check_url("http://X.example/aXb?X=1") == b"http://X.example/aXb?X=1"
+    assert display_url("http://h.example/aXb?k=1") == "http://h.example/aXb?..."
+    assert display_url("@h.example/x?k=1") == "h.example/x?..."
+    with pytest.raises(ValueError) as e:
+        check_url("http://[::1]]/")
+    assert str(e.value) == "url 'http://[::1]]/' has text after the IPv6 address; only ':port' may follow ']'"
+
+
+def test_edges_of_query_secrets() -> None:
+    assert prepare("https://h.example/?=12345678", {}, {}).secrets == (b"12345678",)
+    assert prepare("https://h.example/a=?k=12345678", {}, {}).secrets == (b"12345678",)
+
+
+def test_a_mapping_that_is_not_a_dict() -> None:
+    from types import MappingProxyType
+
+    assert encode_body(MappingProxyType({"b": 1})) == b'{"b":1}'
+
+
+def test_only_spaces_and_tabs_are_stripped_from_values_and_tokens() -> None:
+    assert normalize_headers({"X": "XaX"}) == [(b"X", b"XaX")]
+    assert request_secrets([(b"Authorization", b"Bearer XtokenX12")]) == (b"Bearer XtokenX12", b"XtokenX12")
+
+
+def test_a_shown_header_does_not_hide_the_ones_after_it() -> None:
+    assert request_secrets([(b"User-Agent", b"agent/1.0 long"), (b"X-Key", b"12345678")]) == (b"12345678",)
