@@ -356,3 +356,82 @@ def test_json_array_exact_limit() -> None:
                 assert events[-1] == StreamDone("eof") and all(e == {"s": "x" * (limit - 8)} for e in events[:-1])
             else:
                 assert len(events) == 1 and _is_overflow(events[0]), (body, cuts)
+
+
+# -- realistic reads: several whole events plus part of the next, and one end or error signal --------------
+
+_ENDINGS = ("none", "end", "error")
+_ERROR = {"error": {"type": "overloaded_error", "message": "busy"}}
+
+
+def _sse_ending(values: list[Any], ending: str) -> bytes:
+    body = _sse_body(values, ending == "end")
+    if ending == "error":
+        body += b"event: error\ndata: " + orjson.dumps(_ERROR) + b"\n\n" + b"data: {\"after\": 1}\n\n"
+    return body
+
+
+def _ndjson_ending(values: list[Any], ending: str) -> bytes:
+    body = _ndjson_body(values, ending == "end")
+    if ending == "error":
+        body += orjson.dumps(_ERROR) + b"\n" + b'{"after": 1}\n'
+    return body
+
+
+def _array_ending(values: list[Any], ending: str) -> bytes:
+    items = [orjson.dumps(v) for v in values] + ([orjson.dumps(_ERROR), b'{"after": 1}'] if ending == "error" else [])
+    return b"[" + b",\n ".join(items) + b"]"
+
+
+# Reads from one byte up to several whole events plus a partial one (events
+# here are 10 to 80 bytes), as sockets deliver them under load.
+_realistic_cases = dict(
+    values=st.lists(_json, max_size=8),
+    ending=st.sampled_from(_ENDINGS),
+    cuts=st.lists(st.one_of(st.integers(1, 12), st.integers(13, 400)), max_size=30),
+)
+
+
+def check_realistic(decoder: Any, build: Any, values: list[Any], ending: str, cuts: list[int]) -> None:
+    values = [v for v in values if not (isinstance(v, dict) and v.get("error") is not None)]
+    values = [v for v in values if not (isinstance(v, dict) and (v.get("done") is True or v.get("type") == "message_stop"))]
+    body = build(values, ending)
+    whole = run(decoder(), body)
+
+    def norm(events: list[Any]) -> list[Any]:  # errors compare by identity: compare their type and text
+        return [(type(e.error), str(e.error)) if isinstance(e, StreamError) else e for e in events]
+
+    assert norm(run(decoder(), body, cuts)) == norm(whole)
+    terminal = whole[-1]
+    if ending == "error":
+        assert isinstance(terminal, StreamError) and isinstance(terminal.error, ProviderError), whole
+        assert {"after": 1} not in whole  # nothing after the error signal
+    elif ending == "end" and decoder is not JSONArrayDecoder:
+        assert terminal == StreamDone("stop"), whole
+    else:
+        assert terminal == StreamDone("eof"), whole
+    assert sum(1 for e in whole if isinstance(e, (StreamDone, StreamError))) == 1
+
+
+@settings(max_examples=150)
+@given(**_realistic_cases)
+def test_sse_decoder_realistic_reads(values: list[Any], ending: str, cuts: list[int]) -> None:
+    check_realistic(SSEDecoder, _sse_ending, values, ending, cuts)
+
+
+@settings(max_examples=150)
+@given(**_realistic_cases)
+def test_ndjson_decoder_realistic_reads(values: list[Any], ending: str, cuts: list[int]) -> None:
+    check_realistic(NDJSONDecoder, _ndjson_ending, values, ending, cuts)
+
+
+@settings(max_examples=150)
+@given(**_realistic_cases)
+def test_json_array_decoder_realistic_reads(values: list[Any], ending: str, cuts: list[int]) -> None:
+    check_realistic(JSONArrayDecoder, _array_ending, values, ending, cuts)
+
+
+def test_ndjson_keepalive_blank_lines_are_not_events() -> None:
+    d = NDJSONDecoder()
+    assert d.feed(b"\n\r\n  \n") == [] and d.events_seen == 0
+    assert d.feed(b'{"a": 1}\n\n') == [{"a": 1}] and d.events_seen == 1
