@@ -329,3 +329,63 @@ def test_limit_applies_from_the_first_bytes() -> None:
     assert p.feed(b"ab") == []
     assert overflow(p)
     assert SSEParser(1).feed(b"\xef\xbb") == []  # maybe a BOM: held, not counted
+
+
+# -- the fast path's edges: feed_messages answers exactly as documented --------
+
+
+def started(max_event_bytes: int) -> SSEParser:
+    """A parser past the start (where the BOM may still come), nothing pending."""
+    p = SSEParser(max_event_bytes)
+    assert p.feed(b":\n\n") == []
+    return p
+
+
+def test_one_event_fast_path_at_the_limit_and_one_over() -> None:
+    # The limit is on the line, "data: " included: 10 bytes pass, 11 do not.
+    p = started(10)
+    assert p.feed_messages(b"data: 1234\n\n") == ([b"1234"], b"")
+    assert p.events_dispatched == 1
+    assert p.feed_messages(b"data: 12345\n\n") == (None, b"data: 12345\n\n")
+    assert p.events_dispatched == 1
+    assert p.feed(b"data: 1234\n\n") == [msg(b"1234")]
+    assert p.feed(b"data: 12345\n\n") == []
+    assert overflow(p, "at least 11 bytes .* limit of 10 bytes")
+
+
+def test_several_events_fast_path_at_the_limit_and_one_over() -> None:
+    p = started(10)
+    assert p.feed_messages(b"data: 1234\n\ndata: x\n\n") == ([b"1234", b"x"], b"")
+    assert p.feed_messages(b"data: x\n\ndata: 1234\n\n") == ([b"x", b"1234"], b"")
+    assert p.events_dispatched == 4
+    assert p.feed_messages(b"data: x\n\ndata: 12345\n\n") == (None, b"data: x\n\ndata: 12345\n\n")
+    assert p.events_dispatched == 4
+
+
+def test_one_event_fast_path_takes_only_data_lines() -> None:
+    # Field names are case-sensitive: "DATA" is an unknown field, no event.
+    p = started(100)
+    assert p.feed_messages(b"DATA: x\n\n") == (None, b"DATA: x\n\n")
+    assert p.feed(b"DATA: x\n\n") == []
+    assert p.events_dispatched == 0
+    # An empty data line and then another field line: one event, data b"".
+    assert p.feed_messages(b"data: \nfoo\n\n") == (None, b"data: \nfoo\n\n")
+    assert p.feed(b"data: \nfoo\n\n") == [msg(b"")]
+    # An extra blank line is not a one-line data event: the fast path declines.
+    assert p.feed_messages(b"data: x\n\n\n") == (None, b"data: x\n\n\n")
+    assert p.feed(b"data: x\n\n\n") == [msg(b"x")]
+    assert p.feed_messages(b"data: \n\n") == ([b""], b"")
+
+
+def test_overflow_releases_what_the_parser_held() -> None:
+    # The limit bounds memory: an overflow drops the held line pieces and the
+    # event's data at once, not at close().
+    p = started(20)
+    assert p.feed(b"data: abc\ndata: 1234") == []
+    assert p.feed(b"567890123456789") == []
+    assert overflow(p, "at least 25 bytes")
+    assert (p._pieces, p._pending, p._data, p._data_size) == ([], 0, [], 0)
+    q = started(10)
+    assert q.feed(b"data: abc\ndata: xyz\ndata: 12\n") == []
+    assert overflow(q, "at least 11 bytes")
+    assert (q._pieces, q._pending, q._data, q._data_size) == ([], 0, [], 0)
