@@ -156,6 +156,9 @@ class StreamExchange:
         if self._aborted or self._body_over:
             return
         self._aborted = True
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()  # a cancel during the drain: nothing left to wait for
         if self._request_d is not None:
             d, self._request_d = self._request_d, None
             d.cancel()
