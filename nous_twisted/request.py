@@ -101,6 +101,13 @@ class HTTPRequest:
     :ivar display_url: the URL without user info and query values.
     :ivar secrets: the request's values worth redacting if a server echoes
         them (longest first): see :func:`request_secrets`.
+    :ivar method: ``b"POST"``, or ``b"GET"`` for ``Client.get`` (no body).
+    :ivar pool_timeout: seconds to wait for a pool slot, None to wait in FIFO
+        order as long as it takes.  It rides on the request, not as a new
+        keyword of ``IHTTPBackend.post``, so users' backends keep working.
+    :ivar proxy: the proxy this request goes through (a
+        ``nous_twisted.proxy.Proxy``), or None for a direct connection.  The
+        caller has already chosen it (argument, client, config, environment).
     """
 
     url: str
@@ -109,6 +116,9 @@ class HTTPRequest:
     headers: tuple[tuple[bytes, bytes], ...]
     display_url: str = field(default="")
     secrets: tuple[bytes, ...] = field(default=())
+    method: bytes = b"POST"
+    pool_timeout: float | None = None
+    proxy: Any = None
 
     def twisted_headers(self) -> Headers:
         h = Headers()
