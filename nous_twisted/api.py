@@ -1,17 +1,19 @@
-"""The public calls: ``post``, ``stream`` and ``configure``."""
+"""The public calls: ``configure``, and ``post`` and ``stream`` on the default Client."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IAgent
 
 from . import settings as _settings
+from .client import Client
 from .eventstream import EventStream
-from .request import HeadersArg, prepare
-from .resolve import check_config, resolve_http_backend, resolve_stream_backend
-from .response import to_value
+from .request import HeadersArg
+from .resolve import check_config
+from .response import Reply
+from .retry import RetryPolicy
 from .settings import PoolSettings, Settings
 from .shared import settings_changed
 from .tls import load_ca_bundle
@@ -24,6 +26,7 @@ def configure(
     http_stream_backend: Any = _UNSET,
     pool: PoolSettings = _UNSET,
     ca_bundle: str | None = _UNSET,
+    retries: int | RetryPolicy | None = _UNSET,
 ) -> Settings:
     """Set the application configuration.
 
@@ -38,6 +41,9 @@ def configure(
     :param pool: a :class:`PoolSettings`.
     :param ca_bundle: a PEM file whose certificates replace the platform's
         trust roots (``SSL_CERT_FILE`` is used when this is unset).
+    :param retries: the default retries of every call that sets none: an
+        int (retries with the default :class:`RetryPolicy`), a policy, or
+        None for no retries (the default: an SDK above usually retries).
     :return: the new settings.
     """
     old = _settings.current()
@@ -46,6 +52,7 @@ def configure(
         http_stream_backend=old.http_stream_backend,
         pool=old.pool,
         ca_bundle=old.ca_bundle,
+        retries=old.retries,
     )
     if http_backend is not _UNSET:
         check_config("http_backend", http_backend)
@@ -61,25 +68,31 @@ def configure(
         if ca_bundle is not None:
             load_ca_bundle(ca_bundle, "configure(ca_bundle=...)")
         new["ca_bundle"] = ca_bundle
+    if retries is not _UNSET:
+        new["retries"] = RetryPolicy.coerce(retries, "configure(retries=...)")
     settings = Settings(**new)
     _settings.replace(settings)
     settings_changed(old, settings)
     return settings
 
-FORMATS = (None, "sse", "ndjson", "json-array")
+
+_DEFAULT = Client()
 
 
-def check_call_options(timeout: object, connect_timeout: object, agent: object) -> None:
-    for name, v in (("timeout", timeout), ("connect_timeout", connect_timeout)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a number of seconds, not {type(v).__name__}")
-        if not v > 0 or v == float("inf"):
-            raise ValueError(f"{name} must be a positive, finite number of seconds, not {v!r}")
-    if agent is not None and not IAgent.providedBy(agent):
-        raise TypeError(
-            f"agent must provide twisted.web.iweb.IAgent (a twisted.web.client.Agent, say), "
-            f"not {type(agent).__name__}"
-        )
+@overload
+def post(
+    url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
+    connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
+    full_response: Literal[False] = ..., agent: IAgent | None = ..., reactor: Any = ...,
+) -> Deferred[Any]: ...
+
+
+@overload
+def post(
+    url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
+    connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
+    full_response: Literal[True], agent: IAgent | None = ..., reactor: Any = ...,
+) -> Deferred[Reply]: ...
 
 
 def post(
@@ -90,10 +103,16 @@ def post(
     backend: Any = None,
     timeout: float = 180.0,
     connect_timeout: float = 30.0,
+    pool_timeout: float | None = None,
+    retries: int | RetryPolicy | None = None,
+    full_response: bool = False,
     agent: IAgent | None = None,
     reactor: Any = None,
 ) -> Deferred[Any]:
     """POST ``body`` as JSON to ``url``; fire with the decoded JSON reply.
+
+    A call on the default :class:`~nous_twisted.Client`; the same as
+    ``Client().post(url, ...)``.
 
     :param body: a mapping or list (encoded with orjson) or bytes (sent as is).
     :param headers: a mapping or (name, value) pairs; ``Content-Type:
@@ -102,21 +121,27 @@ def post(
         instance providing ``IHTTPBackend``; None falls through to
         ``NOUS_HTTP_BACKEND``, then ``configure(http_backend=)``, then treq.
     :param timeout: seconds for the whole response, body included.
-    :param connect_timeout: seconds for a pool slot, TCP connect and TLS handshake.
+    :param connect_timeout: seconds for DNS, TCP connect and TLS handshake.
+    :param pool_timeout: seconds to wait for a pool slot (None: as long as
+        it takes, in FIFO order); over it, ``RequestTimeout("pool")``.
+    :param retries: an int or a :class:`~nous_twisted.RetryPolicy`; None
+        takes ``configure(retries=)``'s (no retries unless configured).
+    :param full_response: fire with a :class:`~nous_twisted.Reply` (value,
+        status, headers, request id, elapsed, attempts) instead of the value.
     :param agent: send through this ``IAgent`` instead of the shared pool.
     :param reactor: the reactor (default: the global one, resolved now).
-    :return: a Deferred firing with the decoded body (``{}`` for an empty one),
-        or failing with ``HTTPStatusError``, a ``TransportError`` or
+    :return: a Deferred (awaitable from Twisted coroutines and asyncio
+        tasks) firing with the decoded body (``{}`` for an empty one), or
+        failing with ``HTTPStatusError``, a ``TransportError`` or
         ``DecodeError``.  Cancelling it aborts the connection.
     :raises TypeError, ValueError: at once, for bad arguments.
     """
-    request = prepare(url, body, headers)
-    check_call_options(timeout, connect_timeout, agent)
-    impl = resolve_http_backend(backend)
-    d: Deferred[Any] = impl.post(
-        request, timeout=timeout, connect_timeout=connect_timeout, agent=agent, reactor=reactor
+    d: Deferred[Any] = _DEFAULT.post(
+        url, body, headers, backend=backend, timeout=timeout, connect_timeout=connect_timeout,
+        pool_timeout=pool_timeout, retries=retries, full_response=full_response,  # type: ignore[call-overload]
+        agent=agent, reactor=reactor,
     )
-    return d.addCallback(to_value, request.display_url, request.secrets)
+    return d
 
 
 def stream(
@@ -127,12 +152,15 @@ def stream(
     stream_backend: Any = None,
     timeout: float = 180.0,
     connect_timeout: float = 30.0,
+    pool_timeout: float | None = None,
+    retries: int | RetryPolicy | None = None,
     format: str | None = None,
     agent: IAgent | None = None,
     reactor: Any = None,
 ) -> EventStream:
     """POST ``body`` and stream the reply's events; returns at once.
 
+    A call on the default :class:`~nous_twisted.Client`.
     ``Content-Type: application/json`` and ``Accept: text/event-stream`` are
     added when missing.  Transport failures never raise here: they arrive as
     a ``StreamError`` event.
@@ -142,24 +170,17 @@ def stream(
     :param timeout: the idle limit: the longest gap between two events
         (comments and keep-alive bytes do not count), suspended while the
         consumer holds the stream paused.
-    :param connect_timeout: seconds for a pool slot, TCP connect and TLS handshake.
+    :param connect_timeout: seconds for DNS, TCP connect and TLS handshake.
+    :param pool_timeout: seconds to wait for a pool slot (None: as long as it takes).
+    :param retries: retries before the first event (an int or a
+        ``RetryPolicy``; None: ``configure(retries=)``'s); never after one.
     :param stream_backend: ``"treq"``, ``"agent"``, a dotted path, a class or
         an instance providing ``IStreamBackend``; None falls through to
         ``NOUS_HTTP_STREAM_BACKEND``, then ``configure(http_stream_backend=)``,
         then treq.
     :raises TypeError, ValueError: at once, for bad arguments.
     """
-    request = prepare(url, body, headers, accept=b"text/event-stream")
-    check_call_options(timeout, connect_timeout, agent)
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of 'sse', 'ndjson', 'json-array' or None, not {format!r}")
-    impl = resolve_stream_backend(stream_backend)
-    result: EventStream = impl.stream(
-        request,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        format=format,
-        agent=agent,
-        reactor=reactor,
+    return _DEFAULT.stream(
+        url, body, headers, stream_backend=stream_backend, timeout=timeout, connect_timeout=connect_timeout,
+        pool_timeout=pool_timeout, retries=retries, format=format, agent=agent, reactor=reactor,
     )
-    return result

@@ -9,7 +9,15 @@ The hierarchy::
     Exception
      └── NousHTTPError
           ├── BackendConfigError      (also a ValueError)
-          ├── HTTPStatusError         (non-2xx; per-status subclasses subclass it)
+          ├── HTTPStatusError         (non-2xx)
+          │    ├── BadRequestError           400
+          │    ├── AuthenticationError       401
+          │    ├── PermissionDeniedError     403
+          │    ├── NotFoundError             404
+          │    ├── ConflictError             409
+          │    ├── UnprocessableEntityError  422
+          │    ├── RateLimitError            429
+          │    └── InternalServerError       >= 500
           ├── TransportError
           │    ├── ConnectError
           │    ├── TLSError
@@ -29,9 +37,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .headers import ResponseHeaders
+
 
 class NousHTTPError(Exception):
-    """The base of every error nous_twisted reports."""
+    """The base of every error nous_twisted reports.
+
+    :ivar attempts: how many attempts the call made before it gave up with
+        this error (1 when it was not retried).
+    """
+
+    attempts: int = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -80,8 +96,10 @@ class HTTPStatusError(NousHTTPError):
     :ivar body: the decoded JSON body when it parses, else the body as text;
         a value of the request's own (a key the server echoed) is replaced
         by ``[redacted]``.
-    :ivar headers: the response headers, lower-case names, repeated values
-        joined with ``", "``.
+    :ivar headers: the response headers, a read-only
+        :class:`~nous_twisted.headers.ResponseHeaders` (lower-case names,
+        repeated values joined with ``", "``), the same type as
+        ``Reply.headers`` and ``EventStream.headers``.
     :ivar request_id: the provider's request id (``x-request-id`` or
         ``request-id``), or None.
     :ivar retry_after: seconds to wait before retrying, or None.
@@ -98,7 +116,7 @@ class HTTPStatusError(NousHTTPError):
     ) -> None:
         self.status = status
         self.body = body
-        self.headers = dict(headers)
+        self.headers = headers if isinstance(headers, ResponseHeaders) else ResponseHeaders(headers)
         self.request_id = request_id
         self.retry_after = retry_after
         self.url = url
@@ -114,6 +132,56 @@ class HTTPStatusError(NousHTTPError):
         if retry_after is not None:
             message += f"; retry after {retry_after:g} s"
         super().__init__(message)
+
+
+class BadRequestError(HTTPStatusError):
+    """HTTP 400: the request is malformed (a bad parameter, a body the API refuses)."""
+
+
+class AuthenticationError(HTTPStatusError):
+    """HTTP 401: the API key is missing, wrong or revoked."""
+
+
+class PermissionDeniedError(HTTPStatusError):
+    """HTTP 403: the key is valid but may not use this model or endpoint."""
+
+
+class NotFoundError(HTTPStatusError):
+    """HTTP 404: no such endpoint or model (check the base URL and the model name)."""
+
+
+class ConflictError(HTTPStatusError):
+    """HTTP 409: the request conflicts with the resource's state (retryable by default)."""
+
+
+class UnprocessableEntityError(HTTPStatusError):
+    """HTTP 422: the body is well-formed but its values are refused."""
+
+
+class RateLimitError(HTTPStatusError):
+    """HTTP 429: too many requests or tokens; ``retry_after`` says when to retry."""
+
+
+class InternalServerError(HTTPStatusError):
+    """HTTP 500 and above: the provider failed or is overloaded (retryable by default)."""
+
+
+_STATUS_CLASSES: dict[int, type[HTTPStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status: int) -> type[HTTPStatusError]:
+    """The most specific :class:`HTTPStatusError` class for ``status``."""
+    if status >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status, HTTPStatusError)
 
 
 def _error_detail(body: Any) -> str:
@@ -134,7 +202,15 @@ def _error_detail(body: Any) -> str:
 
 
 class TransportError(NousHTTPError):
-    """The exchange failed below HTTP: connection, TLS, timeouts, truncation."""
+    """The exchange failed below HTTP: connection, TLS, timeouts, truncation.
+
+    :ivar before_response: True when the connection was lost after the
+        request was sent and before any byte of the response arrived (a
+        retry policy may resend it); False when a response had begun or it
+        is not known.
+    """
+
+    before_response: bool = False
 
 
 class ConnectError(TransportError):
@@ -230,7 +306,15 @@ class ProviderError(NousHTTPError):
 
 
 __all__ = [
+    "AuthenticationError",
     "BackendConfigError",
+    "BadRequestError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
     "BufferOverflow",
     "ConnectError",
     "DecodeError",

@@ -18,17 +18,19 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from .events import StreamDone, StreamError
+from .headers import ResponseHeaders
 from .reactors import as_coroutine, awaitable
+from .response import request_id_of, response_headers
+from .stream_attempts import AttemptsCore
 from .streamcore import END, NOTHING, StreamCore
 
 Terminal = StreamDone | StreamError
 
 
-def _abandoned(reactor: Any, core: StreamCore) -> None:
+def _abandoned(reactor: Any, core: StreamCore | AttemptsCore) -> None:
     # A finaliser may run in the middle of anything (it runs when the
     # collector does): let the reactor cancel at its next turn.
     if not core.done:
@@ -44,7 +46,7 @@ class EventStream:
 
     __slots__ = ("_core", "_mode", "_finalizer", "__weakref__")
 
-    def __init__(self, core: StreamCore, reactor: Any) -> None:
+    def __init__(self, core: StreamCore | AttemptsCore, reactor: Any) -> None:
         self._core = core
         self._mode: str | None = None
         self._finalizer = weakref.finalize(self, _abandoned, reactor, core)
@@ -72,24 +74,27 @@ class EventStream:
 
     @property
     def status(self) -> int | None:
+        """The HTTP status, once the response headers arrived (None before)."""
         return self._core.status
 
     @property
-    def headers(self) -> Headers | None:
-        return self._core.headers
+    def headers(self) -> ResponseHeaders | None:
+        """The response headers, once they arrived (None before): the same
+        read-only mapping as ``Reply.headers`` and ``HTTPStatusError.headers``."""
+        raw = self._core.headers
+        return None if raw is None else response_headers(raw)
 
     @property
     def request_id(self) -> str | None:
-        """The provider's request id (``x-request-id`` or ``request-id``)."""
-        headers = self._core.headers
-        if headers is None:
-            return None
-        value = headers.getRawHeaders(b"x-request-id") or headers.getRawHeaders(b"request-id")
-        return value[0].decode("latin-1") if value else None
+        """The provider's request id (``x-request-id`` or ``request-id``), once
+        the response headers arrived."""
+        headers = self.headers
+        return None if headers is None else request_id_of(headers)
 
     @property
     def done(self) -> bool:
-        """True once the terminal event was produced."""
+        """True once the terminal event was produced (it may not have been
+        read yet)."""
         return self._core.done
 
     @property
@@ -193,7 +198,7 @@ class _Consumer:
 
     __slots__ = ("_busy", "_stepping", "_stopped", "_sync", "core", "done", "on_event")
 
-    def __init__(self, core: StreamCore, on_event: Callable[[Any], Any]) -> None:
+    def __init__(self, core: StreamCore | AttemptsCore, on_event: Callable[[Any], Any]) -> None:
         self.core = core
         self.on_event = on_event
         self.done: Deferred[Terminal] = Deferred(self._cancel)

@@ -10,7 +10,12 @@ from __future__ import annotations
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
-from twisted.web._newclient import _WrapperException
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+    _WrapperException,
+)
 
 from .errors import ConnectError, NousHTTPError, TLSError, TransportError
 
@@ -72,5 +77,9 @@ def classify(failure: Failure, url: str) -> Failure:
         value, (ierror.ConnectionLost, ierror.ConnectionDone, ConnectionError)
     ):
         what = ", ".join(describe(r) for r in found)
+        if isinstance(value, (ResponseNeverReceived, RequestNotSent, RequestTransmissionFailed)):
+            error = TransportError(f"the connection to {url} was lost before any byte of the response: {what}")
+            error.before_response = True
+            return Failure(error)
         return Failure(TransportError(f"the connection to {url} failed before a complete response: {what}"))
     return failure

@@ -23,14 +23,21 @@ from urllib.parse import quote, unquote_plus
 
 import idna
 import orjson
+import twisted
 from hyperlink import EncodedURL
 from twisted.web.http_headers import Headers
+
+from ._version import __version__
 
 HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]]
 
 # The library decodes these itself (bounded, on both backends), so it is the
 # one to say what it accepts.  The lead's compression module owns the value.
 ACCEPT_ENCODING = b"gzip, deflate"
+
+# Sent unless the caller names its own: servers and gateways log it, and a
+# provider's support asks for it.
+USER_AGENT = f"nous-twisted/{__version__} Twisted/{twisted.__version__}".encode("ascii")
 
 # RFC 9110 token characters: what a header field name may hold.
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -377,6 +384,39 @@ def _check_url_type(url: object) -> str:
     return str(url)
 
 
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def check_base_url(base_url: object) -> str | None:
+    """Validate a client's ``base_url`` (None allowed); it may not carry a
+    query or fragment, which every joined URL would lose or repeat."""
+    if base_url is None:
+        return None
+    url_str, checked = _checked_url(base_url)
+    if "?" in url_str or "#" in url_str:
+        raise ValueError(
+            f"base_url {checked.display!r} has a query or fragment; put query parameters in each call's path"
+        )
+    return url_str
+
+
+def join_url(base_url: str | None, url: object) -> object:
+    """The URL of a call, as httpx joins it: a full URL is used as it is; a
+    relative one is appended to ``base_url``'s path (``base_url`` +
+    ``"/chat/completions"`` keeps the base's ``/v1``)."""
+    if not isinstance(url, str) or _ABSOLUTE.match(url):
+        return url  # prepare() reports a wrong type
+    if base_url is None:
+        if not url.startswith("/"):
+            return url  # "api.openai.com/v1": prepare() says the scheme is missing
+        shown = url.split("?", 1)[0][:80]
+        raise ValueError(
+            f"{shown!r} is a relative URL and there is no base_url: pass a full URL "
+            "('https://api.example.com/v1/chat/completions') or use Client(base_url=...)"
+        )
+    return base_url.rstrip("/") + "/" + url.lstrip("/")
+
+
 def check_url(url: object) -> bytes:
     """Validate ``url`` as :func:`prepare` does; its wire bytes."""
     return _checked_url(url)[1].url_bytes
@@ -493,22 +533,50 @@ def request_secrets(
     return tuple(sorted(found, key=len, reverse=True))
 
 
+def merge_headers(
+    defaults: Iterable[tuple[bytes, bytes]], call: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """A client's default headers under the call's: a name the call sets
+    (in any case) replaces every default value of that name."""
+    if not call:
+        return list(defaults)
+    named = {n.lower() for n, _ in call}
+    return [h for h in defaults if h[0].lower() not in named] + call
+
+
 def prepare(
-    url: object, body: object, headers: object, *, accept: bytes | None = None
+    url: object,
+    body: object,
+    headers: object,
+    *,
+    accept: bytes | None = None,
+    method: bytes = b"POST",
+    defaults: Iterable[tuple[bytes, bytes]] = (),
+    pool_timeout: float | None = None,
 ) -> HTTPRequest:
     """Validate the caller's arguments into an :class:`HTTPRequest`.
 
-    Adds ``Content-Type: application/json`` and, when given, ``Accept``
+    ``defaults`` are already-normalised headers (a ``Client``'s) that apply
+    unless ``headers`` names them.  Adds ``Content-Type: application/json``
+    (to a request with a body), ``Accept`` when given and ``User-Agent``
     when the caller set none.  ``Accept-Encoding`` is the library's: the
     reply is decoded by the library itself, so a caller's value is dropped
-    and ``gzip, deflate`` sent in its place on every request.
+    and ``gzip, deflate`` sent in its place on every request.  A GET has no
+    body (``body`` must be None).
     """
     url_str, checked = _checked_url(url)
-    encoded = encode_body(body)
-    hs = [h for h in normalize_headers(headers) if h[0].lower() != b"accept-encoding"]
-    _ensure(hs, b"content-type", b"application/json")
+    if method == b"GET":
+        if body is not None:
+            raise TypeError("a GET request has no body: pass body=None")
+        encoded = b""
+    else:
+        encoded = encode_body(body)
+    hs = [h for h in merge_headers(defaults, normalize_headers(headers)) if h[0].lower() != b"accept-encoding"]
+    if method != b"GET":
+        _ensure(hs, b"content-type", b"application/json")
     if accept is not None:
         _ensure(hs, b"accept", accept)
+    _ensure(hs, b"user-agent", USER_AGENT)
     hs.append((b"accept-encoding", ACCEPT_ENCODING))
     return HTTPRequest(
         url_str,
@@ -517,4 +585,6 @@ def prepare(
         tuple(hs),
         checked.display,
         request_secrets(hs, checked.query_secrets),
+        method,
+        pool_timeout,
     )

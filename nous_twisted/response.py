@@ -17,7 +17,8 @@ import orjson
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from .errors import DecodeError, HTTPStatusError
+from .errors import DecodeError, HTTPStatusError, status_error_class
+from .headers import ResponseHeaders
 
 log = Logger(namespace="nous_twisted")
 
@@ -31,6 +32,40 @@ class RawResponse:
     status: int
     headers: Headers
     body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful reply with its metadata: what ``post(...,
+    full_response=True)`` fires with.
+
+    :ivar value: the decoded JSON body (``{}`` for an empty body).
+    :ivar status: the HTTP status (2xx).
+    :ivar headers: the response headers (rate-limit headers and the like),
+        the same read-only mapping as ``HTTPStatusError.headers``.
+    :ivar request_id: the provider's request id (``x-request-id`` or
+        ``request-id``), or None.
+    :ivar elapsed: seconds from the call to the reply, retries and their
+        waits included.
+    :ivar attempts: how many attempts the call took (1 without a retry).
+    """
+
+    value: Any
+    status: int
+    headers: ResponseHeaders
+    request_id: str | None
+    elapsed: float
+    attempts: int = 1
+
+
+def response_headers(headers: Headers) -> ResponseHeaders:
+    """Twisted's ``Headers`` as the public read-only mapping."""
+    return ResponseHeaders.from_raw(headers.getAllRawHeaders())
+
+
+def request_id_of(headers: ResponseHeaders) -> str | None:
+    """The provider's request id: OpenAI's ``x-request-id``, Anthropic's ``request-id``."""
+    return headers.get("x-request-id") or headers.get("request-id")
 
 
 def header_dict(headers: Headers) -> dict[str, str]:
@@ -151,11 +186,12 @@ def status_error(
     body = redact(body, secrets)
     hd = _redact_headers(header_dict(headers), secrets)
     decoded = decode_error_body(body)
-    err = HTTPStatusError(
+    headers_map = ResponseHeaders(hd)
+    err = status_error_class(status)(
         status,
         decoded,
-        hd,
-        hd.get("x-request-id") or hd.get("request-id"),
+        headers_map,
+        request_id_of(headers_map),
         parse_retry_after(hd, decoded),
         url,
     )

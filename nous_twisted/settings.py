@@ -41,6 +41,8 @@ class Settings:
     http_stream_backend: Any = None
     pool: PoolSettings = PoolSettings()
     ca_bundle: str | None = None
+    #: the default retry policy (a ``nous_twisted.retry.RetryPolicy``), None for none
+    retries: Any = None
 
 
 _settings = Settings()

@@ -19,6 +19,7 @@ from hypothesis import settings
 from twisted.internet.ssl import PrivateCertificate
 
 import nous_twisted
+from nous_twisted import observers as observers_module
 from nous_twisted import request as request_module
 from nous_twisted import resolve as resolve_module
 from nous_twisted.testing import FakeLLMServer
@@ -45,8 +46,9 @@ def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     nous_twisted.configure(
-        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None
     )
+    observers_module._observers.clear()
     yield
     # Without the reactor plugin (-p no:twisted: the pure tests under mutmut)
     # no reactor runs, so no test opened a connection and there is nothing to
@@ -54,8 +56,9 @@ def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.config.pluginmanager.has_plugin("twisted"):
         pytest_twisted.blockon(nous_twisted.shutdown())
     nous_twisted.configure(
-        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None
     )
+    observers_module._observers.clear()
 
 
 @pytest_twisted.async_yield_fixture

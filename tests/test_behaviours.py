@@ -427,7 +427,7 @@ async def test_stream_through_a_callers_agent(fake: FakeLLMServer, backend: str)
         fake.inject(Fault(status=503))
         events = [e async for e in stream(fake.chat_url, CHAT, stream_backend=backend, agent=agent)]
         assert len(events) == 1 and isinstance(events[0], StreamError)
-        assert type(events[0].error) is HTTPStatusError and events[0].error.status == 503
+        assert isinstance(events[0].error, HTTPStatusError) and events[0].error.status == 503
         assert len(agent.requests) == 2
     finally:
         await agent.pool.closeCachedConnections()
@@ -672,7 +672,7 @@ async def test_stream_error_body_is_cut_at_1_mib_and_the_connection_aborted(back
         events = [e async for e in stream(server.url(), CHAT, stream_backend=backend, timeout=30)]
         assert len(events) == 1 and isinstance(events[0], StreamError), events
         err = events[0].error
-        assert type(err) is HTTPStatusError and err.status == 500, f"{err!r}"
+        assert isinstance(err, HTTPStatusError) and err.status == 500, f"{err!r}"
         assert err.body == "e" * MiB
         await wait_for(lambda: server.open_connections == 0, timeout=5.0)
         assert pool_counts() == (0, 0, 0)
@@ -686,7 +686,7 @@ async def test_stream_error_body_under_1_mib_is_whole(backend: str) -> None:
     async with FaultServer(script) as server:
         events = [e async for e in stream(server.url(), CHAT, stream_backend=backend)]
         err = events[0].error
-        assert type(err) is HTTPStatusError and err.status == 503
+        assert isinstance(err, HTTPStatusError) and err.status == 503
         assert err.body == orjson.loads(body)
 
 
@@ -1015,7 +1015,7 @@ async def test_echoed_secret_headers_are_redacted_end_to_end(backend: str, mode:
         assert (seen.header("x-goog-api-key"), seen.header("cookie"), seen.header("proxy-authorization")) == (
             GOOG_KEY, COOKIE, PROXY_AUTH)
         # ... and come back out nowhere: not in the message, repr, body, headers or logs,
-        assert type(err) is HTTPStatusError and err.status == 401, f"{err!r}"
+        assert isinstance(err, HTTPStatusError) and err.status == 401, f"{err!r}"
         redacted = "rejected: [redacted] | [redacted] | [redacted] | [redacted] | [redacted]"
         assert err.body == {"error": {"message": redacted, "type": "authentication_error"}}
         assert err.headers["x-echo"] == "[redacted]"

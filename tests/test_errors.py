@@ -12,22 +12,26 @@ import pytest
 
 import nous_twisted.errors as errors_module
 from nous_twisted.errors import (
+    AuthenticationError,
     BackendConfigError,
+    BadRequestError,
     BufferOverflow,
+    ConflictError,
     ConnectError,
     DecodeError,
     HTTPStatusError,
+    InternalServerError,
+    NotFoundError,
     NousHTTPError,
+    PermissionDeniedError,
     ProviderError,
+    RateLimitError,
     RequestTimeout,
     StreamTruncated,
     TLSError,
     TransportError,
+    UnprocessableEntityError,
 )
-
-
-class RateLimitError(HTTPStatusError):
-    """As the Client work will define it: no constructor, no __reduce__."""
 
 
 class RetryExhausted(TransportError):
@@ -64,6 +68,13 @@ FACTORIES: dict[str, Callable[[], NousHTTPError]] = {
     "ProviderError": lambda: ProviderError({"error": {"message": "Overloaded"}}, "overloaded_error"),
     "RateLimitError": lambda: RateLimitError(429, "slow", {"retry-after": "1"}, None, 1.0, "https://api.example/"),
     "RetryExhausted": lambda: RetryExhausted(3, _status()),
+    "BadRequestError": lambda: BadRequestError(400, "bad", {}, None, None),
+    "AuthenticationError": lambda: AuthenticationError(401, "no key", {}, "req_2", None),
+    "PermissionDeniedError": lambda: PermissionDeniedError(403, "no", {}, None, None),
+    "NotFoundError": lambda: NotFoundError(404, "no model", {}, None, None),
+    "ConflictError": lambda: ConflictError(409, "busy", {}, None, None),
+    "UnprocessableEntityError": lambda: UnprocessableEntityError(422, "bad value", {}, None, None),
+    "InternalServerError": lambda: InternalServerError(503, "overloaded", {"retry-after": "2"}, None, 2.0),
 }
 
 
@@ -139,6 +150,9 @@ def test_docstring_tree_matches_the_classes() -> None:
         assert f"── {name}" in doc, name
     for sub in (ConnectError, TLSError, RequestTimeout, StreamTruncated):
         assert issubclass(sub, TransportError)
+    for sub in (BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError, ConflictError,
+                UnprocessableEntityError, RateLimitError, InternalServerError):
+        assert sub.__bases__ == (HTTPStatusError,)
     for top in (BackendConfigError, HTTPStatusError, TransportError, DecodeError, BufferOverflow, ProviderError):
         assert top.__bases__[0] is NousHTTPError
     assert issubclass(BackendConfigError, ValueError)

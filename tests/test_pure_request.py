@@ -12,6 +12,7 @@ import pytest
 
 from nous_twisted import request as request_module
 from nous_twisted.request import (
+    USER_AGENT,
     HTTPRequest,
     check_url,
     display_url,
@@ -115,15 +116,29 @@ def test_prepare_headers_exact() -> None:
     assert req.headers == (
         (b"content-TYPE", b"text/x"),
         (b"accept", b"text/event-stream"),
+        (b"user-agent", USER_AGENT),
         (b"accept-encoding", b"gzip, deflate"),
     )
     req = prepare(URL, b"{}", [("ACCEPT", "x/y")], accept=b"text/event-stream")
     assert req.headers == (
         (b"ACCEPT", b"x/y"),
         (b"content-type", b"application/json"),
+        (b"user-agent", USER_AGENT),
         (b"accept-encoding", b"gzip, deflate"),
     )
-    assert prepare(URL, b"", None).headers == ((b"content-type", b"application/json"), (b"accept-encoding", b"gzip, deflate"))
+    assert prepare(URL, b"", None).headers == (
+        (b"content-type", b"application/json"),
+        (b"user-agent", USER_AGENT),
+        (b"accept-encoding", b"gzip, deflate"),
+    )
+    # the caller's User-Agent, in any case, replaces ours
+    assert prepare(URL, b"", {"USER-agent": "mine/2"}).headers[1] == (b"USER-agent", b"mine/2")
+    # a client's defaults apply unless the call names them
+    defaults = [(b"Authorization", b"Bearer a"), (b"X-Team", b"t")]
+    req = prepare(URL, b"", {"authorization": "Bearer b"}, defaults=defaults)
+    assert req.headers[:2] == ((b"X-Team", b"t"), (b"authorization", b"Bearer b"))
+    assert prepare(URL, b"", None, defaults=defaults).headers[:2] == tuple(defaults)
+    assert prepare(URL, b"", None, pool_timeout=2.5).pool_timeout == 2.5
 
 
 def test_twisted_headers_keep_every_value() -> None:
@@ -312,7 +327,7 @@ def test_display_url_reaches_the_request_and_its_repr() -> None:
     assert req.display_url == "https://api.example/v1/m?..."
     assert repr(req) == (
         "HTTPRequest(POST https://api.example/v1/m?..., 7 bytes, headers=[X-K: <redacted>, "
-        "content-type: application/json, accept-encoding: gzip, deflate])"
+        f"content-type: application/json, user-agent: {USER_AGENT.decode()}, accept-encoding: gzip, deflate])"
     )
 
 
