@@ -132,7 +132,8 @@ def test_prepare_headers_exact() -> None:
         (b"accept-encoding", b"gzip, deflate"),
     )
     # the caller's User-Agent, in any case, replaces ours
-    assert prepare(URL, b"", {"USER-agent": "mine/2"}).headers[1] == (b"USER-agent", b"mine/2")
+    assert prepare(URL, b"", {"USER-agent": "mine/2"}).headers[0] == (b"USER-agent", b"mine/2")
+    assert sum(n.lower() == b"user-agent" for n, _ in prepare(URL, b"", {"USER-agent": "m"}).headers) == 1
     # a client's defaults apply unless the call names them
     defaults = [(b"Authorization", b"Bearer a"), (b"X-Team", b"t")]
     req = prepare(URL, b"", {"authorization": "Bearer b"}, defaults=defaults)
