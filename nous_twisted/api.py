@@ -9,6 +9,7 @@ from twisted.web.iweb import IAgent
 
 from . import settings as _settings
 from .eventstream import EventStream
+from .proxy import parse_proxy_url
 from .request import HeadersArg, prepare
 from .resolve import check_config, resolve_http_backend, resolve_stream_backend
 from .response import to_value
@@ -24,6 +25,8 @@ def configure(
     http_stream_backend: Any = _UNSET,
     pool: PoolSettings = _UNSET,
     ca_bundle: str | None = _UNSET,
+    proxy: str | None = _UNSET,
+    trust_env: bool = _UNSET,
 ) -> Settings:
     """Set the application configuration.
 
@@ -38,6 +41,11 @@ def configure(
     :param pool: a :class:`PoolSettings`.
     :param ca_bundle: a PEM file whose certificates replace the platform's
         trust roots (``SSL_CERT_FILE`` is used when this is unset).
+    :param proxy: a proxy URL for every request,
+        ``http://[user:password@]host:port`` (or ``https://``); None: none
+        configured (the environment decides, see ``trust_env``).  Checked now.
+    :param trust_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
+        ``NO_PROXY`` when no proxy is set in code (default True).
     :return: the new settings.
     """
     old = _settings.current()
@@ -46,6 +54,8 @@ def configure(
         http_stream_backend=old.http_stream_backend,
         pool=old.pool,
         ca_bundle=old.ca_bundle,
+        proxy=old.proxy,
+        trust_env=old.trust_env,
     )
     if http_backend is not _UNSET:
         check_config("http_backend", http_backend)
@@ -61,6 +71,14 @@ def configure(
         if ca_bundle is not None:
             load_ca_bundle(ca_bundle, "configure(ca_bundle=...)")
         new["ca_bundle"] = ca_bundle
+    if proxy is not _UNSET:
+        if proxy is not None:
+            parse_proxy_url(proxy, "configure(proxy=...)")
+        new["proxy"] = proxy
+    if trust_env is not _UNSET:
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be True or False, not {type(trust_env).__name__}")
+        new["trust_env"] = trust_env
     settings = Settings(**new)
     _settings.replace(settings)
     settings_changed(old, settings)
