@@ -92,9 +92,13 @@ class _Upstream(Protocol):
         self.downstream = downstream
 
     def connectionMade(self) -> None:
+        down = self.downstream.transport
         self.downstream.upstream = self
-        self.downstream.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")  # type: ignore[union-attr]
-        self.downstream.transport.resumeProducing()  # type: ignore[union-attr]
+        down.write(b"HTTP/1.1 200 Connection established\r\n\r\n")  # type: ignore[union-attr]
+        # Backpressure both ways, as a real proxy relays: a full side pauses the other.
+        down.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        self.transport.registerProducer(down, True)  # type: ignore[union-attr]
+        down.resumeProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.downstream.transport.write(data)  # type: ignore[union-attr]
@@ -111,6 +115,8 @@ class _ScriptProtocol(Protocol):
         self.buffer = b""
         self.upstream: _Upstream | None = None
         self.answered = False
+        if self.proxy.mode == "close-at-once":
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         if self.upstream is not None:
@@ -128,7 +134,7 @@ class _ScriptProtocol(Protocol):
         mode = self.proxy.mode
         if mode == "stall":
             return
-        if mode == "close":
+        if mode == "close" or mode == "close-at-once":
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         if mode == "reply":
