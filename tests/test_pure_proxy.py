@@ -489,3 +489,50 @@ def test_with_proxy_routes_and_redacts() -> None:
     plain = Proxy.from_url("http://proxy:1")
     assert with_proxy(req, plain).secrets == req.secrets
     assert with_proxy(with_proxy(req, p), p).secrets == routed.secrets
+
+
+# Whole messages, so that a changed word is seen.
+EXACT = [
+    ('', "S = '': the proxy URL is empty; give one such as 'http://proxy.example:3128', or None"),
+    ('http://a b:1', "S = 'http://a b:1': the proxy URL contains whitespace or control characters"),
+    ('proxy:1', "S = 'proxy:1': the proxy URL has no scheme; write it as 'http://host:port' (or 'https://host:port')"),
+    ('socks5://h', "S = 'socks5://h': proxy scheme 'socks5' is not supported; use an 'http://' proxy (or 'https://' for TLS to the proxy)"),
+    ('http://h/x', "S = 'http://h/x': a proxy URL is scheme://host:port only; remove the path, query or fragment"),
+    ('http://u:p@h/x', "S = 'http://h/x': a proxy URL is scheme://host:port only; remove the path, query or fragment (if the password holds '/', '?', '#' or '@', percent-encode it: '%2F', '%3F', '%23', '%40')"),
+    ('http://[::1', "S = 'http://[::1': the proxy URL does not parse (check the brackets around an IPv6 address)"),
+    ('http://[v1.a]:1', "S = 'http://[v1.a]:1': the proxy host is not a valid IPv6 address"),
+    ('http://[::1]x:1', "S = 'http://[::1]x:1': only ':port' may follow the IPv6 address of the proxy"),
+    ('http://::1:1', "S = 'http://::1:1': write an IPv6 proxy address in brackets, as in 'http://[::1]:3128'"),
+    ('http://:1', "S = 'http://:1': the proxy URL has no host"),
+    ('http://h:0', "S = 'http://h:0': the proxy port is not a number in 1-65535"),
+    ('http://u:p@h:x', "S = 'http://h:x': the proxy port is not a number in 1-65535 (if the password holds '/', '?', '#' or '@', percent-encode it: '%2F', '%3F', '%23', '%40')"),
+    ('http://bad_host!:1', "S = 'http://bad_host!:1': the proxy host is not a valid host name"),
+]
+
+
+@pytest.mark.parametrize("url, message", EXACT)
+def test_exact_messages(url: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_proxy_url(url, "S")
+    assert str(e.value) == message
+
+
+def test_exact_type_message() -> None:
+    with pytest.raises(TypeError) as e:
+        parse_proxy_url(3128, "S")
+    assert str(e.value) == "S must be a proxy URL such as 'http://proxy.example:3128' (or None), not int"
+
+
+def test_default_source_is_proxy() -> None:
+    with pytest.raises(ValueError, match=r"^proxy = ''"):
+        parse_proxy_url("")
+    with pytest.raises(ValueError, match=r"^proxy = ''"):
+        Proxy.from_url("")
+
+
+def test_proxy_for_normalises_the_host() -> None:
+    env = environment_proxies({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"})
+    assert env.proxy_for("https", "API.Example.COM.", 443) is None
+    assert env.proxy_for("https", "other.example", 443) == Proxy("http", "p", 1)
+    assert env.proxy_for("http", "other.example", 80) is None  # no http proxy in it
+
