@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from .endpoints import SharedAgent
 from .pool import SHUTDOWN_WAIT, NousConnectionPool
-from .reactors import default_reactor
+from .reactors import awaitable, default_reactor
 from .settings import Settings, current
 from .tls import build_policy, effective_bundle
 
@@ -91,12 +91,13 @@ def shutdown(reactor: Any | None = None, wait: float = SHUTDOWN_WAIT) -> Deferre
 
     Fires once they are closed, or after ``wait`` seconds at most.  It runs by
     itself before the reactor shuts down; the next call makes a new pool.
+    The Deferred can be awaited from an asyncio Task as well.
     """
     reactor = default_reactor(reactor)
     s = _shared.get(reactor)
     if s is None:
-        return succeed(None)
-    return s.shutdown(wait)
+        return awaitable(succeed(None))
+    return awaitable(s.shutdown(wait))
 
 
 __all__ = ["Shared", "get_shared", "settings_changed", "shutdown"]

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .reactors import default_reactor
+from .reactors import AwaitableDeferred, awaitable, default_reactor
 
 _WORDS = ["Hello", "from", "the", "fake", "LLM", "server", ".", "Twisted", "reactors", "stream", "tokens", "one", "at", "a", "time", ",", "and", "this", "reply", "is", "deterministic", "so", "that", "tests", "can", "check", "every", "byte", "."]
 
@@ -276,7 +276,8 @@ class FakeLLMServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> Deferred[FakeLLMServer]:
+    def start(self) -> AwaitableDeferred[FakeLLMServer]:
+        """Listen; fires with the server (at once: binding is synchronous)."""
         root = _Endpoint(self)
         site = server.Site(root)
         site.noisy = False
@@ -288,10 +289,10 @@ class FakeLLMServer:
         else:
             self._port = self.reactor.listenTCP(self._want_port, factory, interface="127.0.0.1")
         self._factory = factory
-        return succeed(self)
+        return awaitable(succeed(self))
 
-    def stop(self) -> Deferred[None]:
-        """Stop listening and drop every open connection."""
+    def stop(self) -> AwaitableDeferred[None]:
+        """Stop listening and drop every open connection; fires once all are closed."""
         for reply in list(self._replies):
             reply._gone(None)
         stopped = self._port.stopListening() if self._port is not None else None
@@ -304,14 +305,16 @@ class FakeLLMServer:
             for proto in list(self._factory.protocols):
                 if proto.transport is not None:
                     proto.transport.abortConnection()
-        return DeferredList(closing).addCallback(lambda _: None)
+        return awaitable(DeferredList(closing).addCallback(lambda _: None))
 
-    async def __aenter__(self) -> FakeLLMServer:
-        await self.start()
-        return self
+    # Not coroutines: what these return is awaited by ``async with``, and an
+    # AwaitableDeferred works in a Twisted-driven coroutine and in an asyncio
+    # Task alike, where a coroutine awaiting a plain Deferred would not.
+    def __aenter__(self) -> AwaitableDeferred[FakeLLMServer]:
+        return self.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def __aexit__(self, *exc: object) -> AwaitableDeferred[None]:
+        return self.stop()
 
     @property
     def port(self) -> int:
