@@ -129,15 +129,15 @@ class _BodyCollector(Protocol):
 class PostExchange:
     """A POST from sending to the last body byte, under its two limits.
 
-    ``connect_timeout`` is enforced by the shared pool (slot wait, TCP, TLS),
-    which calls :meth:`_connected`; ``timeout`` then covers the whole
-    response, body included.  With a caller's own agent the pool is not ours:
+    ``pool_timeout`` (the slot wait) and ``connect_timeout`` (DNS, TCP, TLS)
+    are enforced by the shared pool, which calls :meth:`_connected`;
+    ``timeout`` then covers the whole response, body included.  With a caller's own agent the pool is not ours:
     ``timeout`` then runs from the start.
     """
 
     __slots__ = (
         "_cancelled", "_collector", "_producer", "_request_d", "_response", "_timed_out", "_timer",
-        "connect_timeout", "reactor", "result", "shared_pool", "timeout", "url",
+        "connect_timeout", "pool_timeout", "reactor", "result", "shared_pool", "timeout", "url",
     )
 
     def __init__(
@@ -153,6 +153,7 @@ class PostExchange:
         self._producer: BytesProducer | None = BytesProducer(request.body)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.pool_timeout = request.pool_timeout
         self.shared_pool = shared_pool
         self.result: Deferred[RawResponse] = Deferred(self._cancel)
         self._request_d: Deferred[Any] | None = None
@@ -166,7 +167,10 @@ class PostExchange:
         """Send with ``send(body_producer)``; fire with the whole response."""
         producer = self._producer
         assert producer is not None
-        d = send_with_ticket(lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool)
+        d = send_with_ticket(
+            lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool,
+            pool_timeout=self.pool_timeout,
+        )
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return self.result

@@ -18,9 +18,12 @@ A request that still fails on a reused connection before any response byte is
 sent again, once, on a fresh connection when it provably was not processed:
 it was not completely written, or it carries an ``Idempotency-Key``.
 
-The connect phase of a request (waiting for a slot, DNS, TCP connect, TLS
-handshake) is bounded here, because only the pool sees where it ends.  The
-caller hands its limit over in a :class:`ConnectTicket` through a context
+Two phases before a request is sent are bounded here, because only the pool
+sees where they end: the wait for a slot (``pool_timeout``, None = as long as
+it takes, in FIFO order; over it, ``RequestTimeout("pool")``) and then the
+connect (DNS, TCP connect, TLS handshake: ``connect_timeout``, whose clock
+starts when the slot is granted; a cached connection needs no connect).  The
+caller hands its limits over in a :class:`ConnectTicket` through a context
 variable set around ``agent.request()``, which reaches ``getConnection``
 synchronously through Agent, treq and their wrappers.
 
@@ -35,6 +38,7 @@ import contextvars
 import socket
 from collections import deque
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -131,14 +135,31 @@ def is_readable(transport: Any) -> bool:
 
 
 class ConnectTicket:
-    """A request's connect limit and the hook that starts its receive phase."""
+    """A request's limits before it is sent, and the hook that starts its
+    receive phase.
 
-    __slots__ = ("connect_timeout", "on_connected", "url")
+    :ivar connect_timeout: seconds for DNS, TCP connect and TLS handshake,
+        from the moment a slot is granted.
+    :ivar on_connected: called once a connection is in hand (cached or new).
+    :ivar url: the URL as displayed, for error messages.
+    :ivar pool_timeout: seconds to wait for a slot when the host is at
+        ``max_connections``; None waits as long as it takes.
+    """
 
-    def __init__(self, connect_timeout: float, on_connected: Callable[[], None], url: str) -> None:
+    __slots__ = ("connect_timeout", "on_connected", "pool_timeout", "url")
+
+    def __init__(
+        self,
+        connect_timeout: float,
+        on_connected: Callable[[], None],
+        url: str,
+        *,
+        pool_timeout: float | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.on_connected = on_connected
         self.url = url
+        self.pool_timeout = pool_timeout
 
 
 CONNECT_TICKET: contextvars.ContextVar[ConnectTicket | None] = contextvars.ContextVar(
@@ -152,16 +173,18 @@ def send_with_ticket(
     on_connected: Callable[[], None],
     url: str,
     shared_pool: bool,
+    *,
+    pool_timeout: float | None = None,
 ) -> Deferred[Any]:
     """Call ``send()`` (which reaches the pool's getConnection synchronously)
-    with the connect limit handed over; with a caller's own agent the pool is
-    not ours, so the connect phase is taken as over at once.  A synchronous
-    exception becomes a failed Deferred."""
+    with the slot-wait and connect limits handed over; with a caller's own
+    agent the pool is not ours, so both phases are taken as over at once.  A
+    synchronous exception becomes a failed Deferred."""
     try:
         if not shared_pool:
             on_connected()
             return send()
-        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url))
+        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url, pool_timeout=pool_timeout))
         try:
             return send()
         finally:
@@ -326,19 +349,29 @@ def _safe_to_resend(exc: BaseException, request: Any) -> bool:
 
 
 class _Attempt:
-    """Where a request's connect phase stands, to say which step timed out."""
+    """One request's way to a connection: its limits (from its ticket; none
+    without one) and where its connect phase stands, to say which step
+    timed out."""
 
-    __slots__ = ("step",)
+    __slots__ = ("connect_timeout", "pool_timeout", "step", "url")
 
-    def __init__(self) -> None:
+    def __init__(self, ticket: ConnectTicket | None = None) -> None:
         self.step = "pool"
+        self.connect_timeout = ticket.connect_timeout if ticket is not None else None
+        self.pool_timeout = ticket.pool_timeout if ticket is not None else None
+        self.url = ticket.url if ticket is not None else ""
+        # A proxied route (issue 11) is named in the messages too.
+        proxy = getattr(ticket, "proxy", None)
+        if proxy is not None:
+            self.url = f"{self.url} through the proxy {proxy}"
 
 
 class _Waiter:
-    """A request queued for a slot.  Cancelling it marks it; the queue skips
-    marked waiters, so a cancel is O(1) however long the queue."""
+    """A request queued for a slot.  Cancelling it (or its ``pool_timeout``
+    running out) marks it; the queue skips marked waiters, so leaving the
+    queue is O(1) however long the queue."""
 
-    __slots__ = ("attempt", "cancelled", "d", "endpoint", "inner", "key", "pool")
+    __slots__ = ("attempt", "cancelled", "d", "endpoint", "inner", "key", "pool", "timer")
 
     def __init__(
         self, pool: NousConnectionPool, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt
@@ -350,15 +383,34 @@ class _Waiter:
         self.inner: Deferred[Any] | None = None
         self.cancelled = False
         self.d: Deferred[Any] = Deferred(self._cancel)
+        self.timer: Any = None
+        if attempt.pool_timeout is not None:
+            self.timer = pool._reactor.callLater(attempt.pool_timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _cancel(self, _: Deferred[Any]) -> None:
+        self._stop_timer()
         if self.inner is not None:
             self.inner.cancel()
         elif not self.cancelled:
             self.cancelled = True
             self.pool._waiter_cancelled(self.key)
 
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.inner is None and not self.cancelled:
+            self.cancelled = True
+            self.pool._waiter_cancelled(self.key)
+            attempt = self.attempt
+            assert attempt.pool_timeout is not None
+            self.d.errback(Failure(RequestTimeout("pool", attempt.pool_timeout, attempt.url)))
+
     def serve(self, inner: Deferred[Any]) -> None:
+        self._stop_timer()
         self.inner = inner
         inner.addBoth(self._fire)
 
@@ -437,22 +489,10 @@ class NousConnectionPool(HTTPConnectionPool):
 
     def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
         ticket = CONNECT_TICKET.get()
-        attempt = _Attempt()
+        attempt = _Attempt(ticket)
         d = self._acquire(key, endpoint, attempt)
         if ticket is None:
             return d
-        if not d.called:
-            limit = ticket.connect_timeout
-            url = ticket.url
-
-            def timed_out(result: Any, timeout: float) -> Any:
-                # Whatever the cancelled step failed with (CancelledError,
-                # ConnectingCancelledError, DNSLookupError...), it timed out.
-                if isinstance(result, Failure):
-                    return Failure(RequestTimeout("connect", limit, url, step=attempt.step))
-                return result
-
-            d.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
         on_connected = ticket.on_connected
 
         def connected(proto: Any) -> Any:
@@ -461,8 +501,9 @@ class NousConnectionPool(HTTPConnectionPool):
 
         return d.addCallback(connected)
 
-    def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Any:
-        """A healthy idle connection for ``key``, wrapped for a safe resend, or None."""
+    def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt | None = None) -> Any:
+        """A healthy idle connection for ``key``, wrapped for a safe resend
+        (on a fresh connection under ``attempt``'s connect limit), or None."""
         connections = self._connections.get(key)
         while connections:
             connection = connections.pop(0)
@@ -471,15 +512,21 @@ class NousConnectionPool(HTTPConnectionPool):
             if connection.state != "QUIESCENT" or is_closing(transport) or is_readable(transport):
                 abort_transport(transport)
                 continue
-            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint))
+            fresh = _Attempt()
+            if attempt is not None:
+                fresh.connect_timeout, fresh.url = attempt.connect_timeout, attempt.url
+            return _ReusedConnection(connection, partial(self._open, key, endpoint, fresh))
         return None
 
     def _acquire(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
-        cached = self._pop_cached(key, endpoint)
+        cached = self._pop_cached(key, endpoint, attempt)
         if cached is not None:
             return succeed(cached)
         if not self._waiting.get(key) and self.open_connections(key) < self.max_connections:
             return self._open(key, endpoint, attempt)
+        if attempt.pool_timeout is not None and attempt.pool_timeout <= 0:
+            # Told not to wait at all.
+            return fail(RequestTimeout("pool", attempt.pool_timeout, attempt.url))
         waiter = _Waiter(self, key, endpoint, attempt)
         self._waiters.setdefault(key, deque()).append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
@@ -510,7 +557,7 @@ class NousConnectionPool(HTTPConnectionPool):
             waiter = self._next_waiter(queue)
             if waiter is None:
                 break
-            cached = self._pop_cached(key, waiter.endpoint)
+            cached = self._pop_cached(key, waiter.endpoint, waiter.attempt)
             if cached is None and self.open_connections(key) >= self.max_connections:
                 queue.appendleft(waiter)
                 break
@@ -571,7 +618,22 @@ class NousConnectionPool(HTTPConnectionPool):
                 abort_transport(slot.protocol.transport)
             return f
 
-        return d.addErrback(failed)
+        d.addErrback(failed)
+        limit = attempt.connect_timeout
+        if limit is not None and not d.called:
+            # The connect clock starts now that the slot is granted: the wait
+            # for it is the pool phase, bounded by pool_timeout alone.
+            url = attempt.url
+
+            def timed_out(result: Any, timeout: float) -> Any:
+                # Whatever the cancelled step failed with (CancelledError,
+                # ConnectingCancelledError, DNSLookupError...), it timed out.
+                if isinstance(result, Failure):
+                    return Failure(RequestTimeout("connect", limit, url, step=attempt.step))
+                return result
+
+            d.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
+        return d
 
     # -- returning and dropping connections -------------------------------
 
@@ -628,6 +690,7 @@ class NousConnectionPool(HTTPConnectionPool):
         self._waiters.clear()
         self._waiting.clear()
         for waiter in waiters:
+            waiter._stop_timer()
             waiter.cancelled = True
             if not waiter.d.called:
                 waiter.d.errback(Failure(TransportError(
