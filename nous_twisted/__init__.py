@@ -22,7 +22,7 @@ from .events import StreamDone, StreamError
 from .eventstream import EventStream
 from .interfaces import IHTTPBackend, IStreamBackend
 from .settings import PoolSettings
-from .shared import shutdown
+from .shared import pool_stats, shutdown
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,7 @@ __all__ = [
     "TreqBackend",
     "TreqStreamBackend",
     "configure",
+    "pool_stats",
     "post",
     "shutdown",
     "stream",

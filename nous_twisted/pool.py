@@ -38,6 +38,7 @@ import contextvars
 import socket
 from collections import deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -191,6 +192,30 @@ def send_with_ticket(
             CONNECT_TICKET.reset(token)
     except Exception:
         return fail()
+
+
+@dataclass(frozen=True, slots=True)
+class HostPoolStats:
+    """One host's connections in the shared pool, now and at their largest.
+
+    :ivar open: connections open or being opened (DNS, TCP, TLS), idle or busy.
+    :ivar idle: open connections cached for reuse, carrying no request.
+    :ivar in_use: open connections carrying a request or being opened for one
+        (``open - idle``).
+    :ivar waiting: requests queued for a slot (the host is at
+        ``PoolSettings.max_connections``).
+    :ivar max_open: the largest ``open`` seen since the pool was made; the
+        same for ``max_idle``, ``max_in_use`` and ``max_waiting``.
+    """
+
+    open: int
+    idle: int
+    in_use: int
+    waiting: int
+    max_open: int
+    max_idle: int
+    max_in_use: int
+    max_waiting: int
 
 
 class _Slot:
@@ -433,6 +458,10 @@ class NousConnectionPool(HTTPConnectionPool):
         self._slots: dict[Hashable, set[_Slot]] = {}
         self._waiters: dict[Hashable, deque[_Waiter]] = {}
         self._waiting: dict[Hashable, int] = {}  # live (not cancelled) waiters per key
+        # The largest open, idle, in use and waiting seen per key, updated
+        # where each can grow (a slot taken, a connection cached or handed
+        # out, a request queued): O(1) each, no sampling.
+        self._peaks: dict[Hashable, list[int]] = {}
         self.generation = 0  # bumped when the TLS settings change
         #: queue entries skipped because their request was cancelled (for tests)
         self.waiter_scans = 0
@@ -476,6 +505,36 @@ class NousConnectionPool(HTTPConnectionPool):
             return self._waiting.get(key, 0)
         return sum(self._waiting.values())
 
+    def _peak(self, key: Hashable) -> None:
+        open_ = len(self._slots.get(key, ()))
+        idle = len(self._connections.get(key, ()))
+        in_use = max(0, open_ - idle)
+        waiting = self._waiting.get(key, 0)
+        peaks = self._peaks.get(key)
+        if peaks is None:
+            self._peaks[key] = [open_, idle, in_use, waiting]
+            return
+        if open_ > peaks[0]:
+            peaks[0] = open_
+        if idle > peaks[1]:
+            peaks[1] = idle
+        if in_use > peaks[2]:
+            peaks[2] = in_use
+        if waiting > peaks[3]:
+            peaks[3] = waiting
+
+    def stats(self) -> dict[Hashable, HostPoolStats]:
+        """Per pool key, the connections now and the largest numbers seen."""
+        out: dict[Hashable, HostPoolStats] = {}
+        for key, peaks in self._peaks.items():
+            open_ = len(self._slots.get(key, ()))
+            idle = len(self._connections.get(key, ()))
+            out[key] = HostPoolStats(
+                open=open_, idle=idle, in_use=max(0, open_ - idle), waiting=self._waiting.get(key, 0),
+                max_open=peaks[0], max_idle=peaks[1], max_in_use=peaks[2], max_waiting=peaks[3],
+            )
+        return out
+
     def _slot_released(self, slot: _Slot) -> None:
         slots = self._slots.get(slot.key)
         if slots is not None:
@@ -515,6 +574,7 @@ class NousConnectionPool(HTTPConnectionPool):
             fresh = _Attempt()
             if attempt is not None:
                 fresh.connect_timeout, fresh.url = attempt.connect_timeout, attempt.url
+            self._peak(key)  # one more in use
             return _ReusedConnection(connection, partial(self._open, key, endpoint, fresh))
         return None
 
@@ -530,6 +590,7 @@ class NousConnectionPool(HTTPConnectionPool):
         waiter = _Waiter(self, key, endpoint, attempt)
         self._waiters.setdefault(key, deque()).append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._peak(key)
         return waiter.d
 
     def _waiter_cancelled(self, key: Hashable) -> None:
@@ -578,6 +639,7 @@ class NousConnectionPool(HTTPConnectionPool):
     def _open(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
         slot = _Slot(self, key)
         self._slots.setdefault(key, set()).add(slot)
+        self._peak(key)
         attempt.step = "dns"
 
         def quiescent(protocol: HTTP11ClientProtocol) -> None:
@@ -649,6 +711,7 @@ class NousConnectionPool(HTTPConnectionPool):
             # Twisted calls it quiescent, but it is on its way out.
             return
         super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
+        self._peak(key)
         if key in self._waiters:
             # Not now: the quiescent callback runs before the protocol has
             # finished with the previous response.
@@ -726,4 +789,4 @@ class NousConnectionPool(HTTPConnectionPool):
         return self.close_all()
 
 
-__all__ = ["NousConnectionPool", "abort_transport", "send_with_ticket"]
+__all__ = ["HostPoolStats", "NousConnectionPool", "abort_transport", "send_with_ticket"]
