@@ -8,7 +8,7 @@ fail in the ways real providers and networks do: see :class:`Fault`.
 
 It also serves Anthropic-style (``POST /v1/messages``), Ollama-style
 (``POST /api/chat``, NDJSON) and Gemini-style (``:streamGenerateContent``, a
-JSON array, or SSE with ``?alt=sse``) replies.
+JSON array, or SSE with ``?alt=sse``) replies, and ``GET /v1/models``.
 
 It counts connections (``connections_made``, ``open_connections``,
 ``max_open_connections``) so tests can check pooling and limits on the real
@@ -245,6 +245,12 @@ class _Endpoint(resource.Resource):
 
     def render_GET(self, request: Request) -> bytes:
         self.fake._request_id(request)
+        if request.path == b"/v1/models":
+            # What a health check or a model picker polls (OpenAI's list).
+            request.setHeader(b"content-type", b"application/json")
+            return orjson.dumps({"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "nous-twisted"},
+            ]})
         request.setResponseCode(405)
         request.setHeader(b"content-type", b"application/json")
         return orjson.dumps({"error": {"message": "use POST", "type": "invalid_request_error"}})
@@ -624,6 +630,8 @@ class FakeLLMServer:
         if f is not None and f.raw_body is not None:
             payload = f.raw_body
         sliced = f is not None and (f.stall_after_bytes is not None or f.drop_after_bytes is not None)
+        if not request.responseHeaders.hasHeader(b"content-type"):
+            request.setHeader(b"content-type", b"application/json")
         if not sliced:
             # A whole body: send a Content-Length, as most APIs do for JSON.
             request.setHeader(b"content-length", str(len(payload)).encode())
