@@ -148,14 +148,15 @@ class TLSError(TransportError):
 class RequestTimeout(TransportError):
     """A timeout expired.
 
-    :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake, or waiting
-        for a pool slot where no ``pool_timeout`` applies), ``"pool"``
-        (waiting for a free pool connection, over ``pool_timeout``),
+    :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake, timed from
+        the moment a pool slot is granted), ``"pool"`` (waiting for a free
+        pool connection, over ``pool_timeout``; never counted as connect),
         ``"receive"`` (the whole response of ``post``) or ``"idle"`` (the gap
         between two stream events).
     :ivar timeout: the limit that expired, in seconds.
     :ivar step: within the connect phase, the step that ran out: ``"dns"``,
-        ``"tcp"``, ``"tls"`` or ``"pool"``; None when not known.
+        ``"tcp"`` or ``"tls"`` (``"pool"`` only from transports that still
+        count the slot wait as connect); None when not known.
     """
 
     def __init__(self, phase: str, timeout: float, url: str = "", step: str | None = None) -> None:
