@@ -224,16 +224,16 @@ class TLSError(TransportError):
 class RequestTimeout(TransportError):
     """A timeout expired.
 
-    :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake, or waiting
-        for a pool slot where no ``pool_timeout`` applies; through a proxy,
-        its connect and CONNECT exchange too), ``"pool"``
-        (waiting for a free pool connection, over ``pool_timeout``),
+    :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake and, through
+        a proxy, its connect and CONNECT exchange; timed from the moment a
+        pool slot is granted), ``"pool"`` (waiting for a free pool
+        connection, over ``pool_timeout``; never counted as connect),
         ``"receive"`` (the whole response of ``post``) or ``"idle"`` (the gap
         between two stream events).
     :ivar timeout: the limit that expired, in seconds.
     :ivar step: within the connect phase, the step that ran out: ``"dns"``,
-        ``"tcp"``, ``"tls"``, ``"pool"`` or ``"proxy"`` (the proxy's reply to
-        CONNECT); None when not known.
+        ``"tcp"``, ``"tls"`` or ``"proxy"`` (the proxy's reply to CONNECT);
+        None when not known.
     """
 
     def __init__(self, phase: str, timeout: float, url: str = "", step: str | None = None) -> None:

@@ -248,4 +248,4 @@ async def as_coroutine(thing: Awaitable[Any]) -> Any:
     return await thing
 
 
-__all__ = ["AwaitableDeferred", "awaitable", "default_reactor"]
+__all__ = ["AwaitableDeferred", "as_coroutine", "awaitable", "default_reactor"]

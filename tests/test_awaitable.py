@@ -321,3 +321,85 @@ async def test_cancelling_a_task_waiting_on_a_bare_deferred_runs_its_canceller(
     with pytest.raises(asyncio.CancelledError):
         await done
     assert ran == [True] and task.cancelled()
+
+
+# -- the bridge's Future half, on its own ------------------------------------------
+
+
+class _StubLoop:
+    """Records call_soon instead of running anything."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_soon(self, fn: Any, *args: Any, context: Any = None) -> None:
+        self.calls.append((fn, args, context))
+
+
+def test_bridge_future_half() -> None:
+    from nous_twisted.reactors import _Bridge
+
+    loop = _StubLoop()
+    source: Deferred[int] = Deferred()
+    bridge = _Bridge(source, loop)  # type: ignore[arg-type]
+    assert "pending" in repr(bridge) and bridge.get_loop() is loop
+    assert not bridge.done() and not bridge.cancelled()
+    with pytest.raises(asyncio.InvalidStateError):
+        bridge.result()
+
+    def a(_: Any) -> None: ...
+    def b(_: Any) -> None: ...
+
+    bridge.add_done_callback(a, context="ctx")
+    bridge.add_done_callback(b)
+    assert bridge.remove_done_callback(b) == 1
+    source.callback(5)
+    assert loop.calls == [(a, (bridge,), "ctx")] and "done" in repr(bridge)
+    assert bridge.done() and bridge.result() == 5 and bridge.exception() is None
+    assert bridge.cancel() is False  # done already
+    bridge.add_done_callback(b)  # added after the end: scheduled at once
+    assert loop.calls[-1][0] is b
+    assert source.result is None  # taken: nothing left to be reported unhandled
+
+
+def test_bridge_failure_and_cancel() -> None:
+    from nous_twisted.reactors import _Bridge
+
+    loop = _StubLoop()
+    source: Deferred[int] = Deferred()
+    bridge = _Bridge(source, loop)  # type: ignore[arg-type]
+    bridge.add_done_callback(lambda _: None)
+    source.errback(ValueError("v"))
+    assert isinstance(bridge.exception(), ValueError)
+    with pytest.raises(ValueError):
+        bridge.result()
+
+    cancelled: list[bool] = []
+    source2: Deferred[int] = Deferred(lambda _: cancelled.append(True))
+    bridge2 = _Bridge(source2, loop)  # type: ignore[arg-type]
+    bridge2.add_done_callback(lambda _: None)
+    assert bridge2.cancel("why") is True and cancelled == [True]
+    assert bridge2.cancelled() and bridge2.done()
+    with pytest.raises(asyncio.CancelledError, match="why"):
+        bridge2.result()
+    with pytest.raises(asyncio.CancelledError):
+        bridge2.exception()
+    # The source cancelled from elsewhere, under a Task: asyncio's CancelledError.
+    source3: Deferred[int] = Deferred()
+    bridge3 = _Bridge(source3, loop)  # type: ignore[arg-type]
+    bridge3.add_done_callback(lambda _: None)
+    source3.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        bridge3.result()
+
+
+def test_bridge_deferred_half_for_a_twisted_driver() -> None:
+    from nous_twisted.reactors import _Bridge
+
+    cancelled: list[bool] = []
+    source: Deferred[int] = Deferred(lambda _: cancelled.append(True))
+    bridge = _Bridge(source, _StubLoop())  # type: ignore[arg-type]
+    seen: list[Any] = []
+    bridge.addBoth(seen.append)  # what Twisted's driver does
+    bridge.cancel()  # and how it cancels
+    assert cancelled == [True] and seen and seen[0].check(CancelledError)
