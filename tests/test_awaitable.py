@@ -29,8 +29,10 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def post(*args: Any, **kw: Any) -> AwaitableDeferred[Any]:
-    # The lead wires awaitable() into api.post; until then the tests wrap it.
-    return awaitable(nous_twisted.post(*args, **kw))
+    # post() itself returns one: no wrapping by the caller.
+    d = nous_twisted.post(*args, **kw)
+    assert isinstance(d, AwaitableDeferred)
+    return d
 
 
 def is_asyncio_reactor() -> bool:
@@ -403,3 +405,32 @@ def test_bridge_deferred_half_for_a_twisted_driver() -> None:
     bridge.addBoth(seen.append)  # what Twisted's driver does
     bridge.cancel()  # and how it cancels
     assert cancelled == [True] and seen and seen[0].check(CancelledError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_task_awaits_client_calls_with_retries(loop: asyncio.AbstractEventLoop, backend: str) -> None:
+    """The Client's own paths (retries, full_response, get) in an asyncio Task."""
+
+    async def body() -> Any:
+        async with FakeLLMServer() as server:
+            client = nous_twisted.Client(
+                server.url + "/v1", backend=backend, stream_backend=backend,
+                retries=nous_twisted.RetryPolicy(max_retries=2, initial_delay=0.01),
+            )
+            server.inject(Fault(status=503, times=1))
+            reply = await client.post("/chat/completions", BODY, full_response=True)
+            models = await client.get("/models")
+            server.inject(Fault(status=429, retry_after=0.01, times=1))
+            events = [e async for e in client.stream("/chat/completions", dict(BODY, stream=True))]
+            server.inject(Fault(status=400, times=1))
+            try:
+                await client.post("/chat/completions", BODY)
+            except nous_twisted.BadRequestError as e:
+                bad = e.attempts
+        return reply.attempts, models["data"][0]["id"], events[-1], bad
+
+    with LogCapture() as capture:
+        _, d = in_task(loop, body())
+        assert await d == (2, "fake-model", nous_twisted.StreamDone("stop"), 1)
+    assert unhandled(capture) == []
