@@ -512,3 +512,28 @@ def test_usage_of_each_provider() -> None:
     total = merge_usage(None, {"prompt_tokens": 5, "completion_tokens": 1})
     assert total == {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
     assert merge_usage(total, {"completion_tokens": 9}) == {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+
+
+@pytestmark_backends
+@pytest_twisted.ensureDeferred
+async def test_reset_before_headers_is_retried_for_post_and_stream(fake: FakeLLMServer, backend: str) -> None:
+    client = Client(fake.url, backend=backend, stream_backend=backend, retries=FAST)
+    fake.inject(Fault(reset_before_headers=True, times=1))
+    reply = await client.post("/v1/chat/completions", CHAT, full_response=True)
+    assert reply.attempts == 2
+    fake.inject(Fault(reset_before_headers=True, times=1))
+    events = await read_all(client.stream("/v1/chat/completions", {**CHAT, "stream": True}))
+    assert events[-1] == StreamDone("stop") and len(fake.requests) == 4
+
+
+@pytestmark_backends
+@pytest_twisted.ensureDeferred
+async def test_include_usage_reaches_the_observer(fake: FakeLLMServer, backend: str) -> None:
+    seen: list[CallEvent] = []
+    observe(seen.append)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    events = await read_all(Client(fake.url, stream_backend=backend).stream("/v1/chat/completions", body))
+    usage_chunk = events[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 12
+    assert seen[-1].kind == "stream_end" and seen[-1].usage == usage_chunk["usage"]
+    assert seen[-1].events == len(events) - 1

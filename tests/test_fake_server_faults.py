@@ -144,7 +144,7 @@ async def test_reset_before_headers_then_success(backend: str) -> None:
         with pytest.raises(TransportError) as info:
             await nous_twisted.post(server.chat_url, BODY, backend=backend)
         assert type(info.value) is TransportError  # not a timeout, not an HTTP status
-        assert "before a complete response" in str(info.value)
+        assert "before any byte of the response" in str(info.value) and info.value.before_response
         assert len(server.requests) == 1 and server.requests[0].request_id == ""
         reply = await nous_twisted.post(server.chat_url, BODY, backend=backend)  # times=1: the next one works
         assert reply["object"] == "chat.completion"
@@ -159,6 +159,7 @@ async def test_reset_before_headers_on_a_stream(backend: str) -> None:
         events, terminal = await read(s)
         assert events == [] and isinstance(terminal, StreamError)
         assert type(terminal.error) is TransportError and s.status is None
+        assert terminal.error.before_response  # a retry policy may send it again
         events, terminal = await read(
             nous_twisted.stream(server.chat_url, dict(BODY, stream=True), stream_backend=backend)
         )
