@@ -61,7 +61,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import H2Error
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -389,7 +389,9 @@ class H2ClientProtocol(Protocol):
         config = H2Configuration(client_side=True, header_encoding=None)
         conn = H2Connection(config=config)
         conn.state_machine = _GoawayKeepsOpen()
-        conn.local_settings.update({
+        # As initial values: update() would hold them back until the server
+        # acknowledges them, and initiate_connection() sends those in force.
+        conn.local_settings = Settings(client=True, initial_values={
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.INITIAL_WINDOW_SIZE: self.stream_window,
             SettingCodes.MAX_HEADER_LIST_SIZE: 256 * 1024,

@@ -23,7 +23,7 @@ from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2Con
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset, WindowUpdated
 from h2.exceptions import H2Error
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 
@@ -65,11 +65,16 @@ class H2ServerProtocol(Protocol):
         self.requests = 0
         self.goaway_sent = False
         self.closed = False
+        self.max_open = 0  # the most streams open at once on this connection
 
     def connectionMade(self) -> None:
         self.server.connections += 1
         self.server.protocols.append(self)
-        self.conn.local_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams})
+        # initial_values: update() would queue them until acknowledged, and
+        # initiate_connection() sends the values in force.
+        self.conn.local_settings = Settings(
+            client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams}
+        )
         self.conn.initiate_connection()
         self.flush()
 
@@ -81,7 +86,8 @@ class H2ServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
-        except H2Error:
+        except H2Error as e:
+            self.server.errors.append(e)
             self.flush()
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -119,7 +125,8 @@ class H2ServerProtocol(Protocol):
         self.server.requests += 1
         path = headers[b":path"].decode()
         self.server.paths.append(path)
-        self.server.max_open = max(self.server.max_open, len([s for s in self.streams.values() if not s.done]) + 1)
+        self.max_open = max(self.max_open, len(self.streams) + 1)
+        self.server.max_open = max(self.server.max_open, self.max_open)
         hook = self.server.on_request
         if hook is not None and hook(self, sid, path):
             return
@@ -206,6 +213,8 @@ class ScriptedH2Server:
         self.protocols: list[H2ServerProtocol] = []
         self.open_protocols: set[H2ServerProtocol] = set()
         self.resets_received: list[Any] = []
+        #: the protocol errors that made it drop a connection
+        self.errors: list[Exception] = []
         #: called for each request; True: the hook handled it (the server does nothing more)
         self.on_request: Callable[[H2ServerProtocol, int, str], bool] | None = None
         self._port: Any = None
