@@ -233,7 +233,9 @@ class ScriptedH2Server:
 
     def stream_finished(self, proto: H2ServerProtocol) -> None:
         if proto.goaway_sent and not proto.streams:
-            proto.transport.abortConnection()  # type: ignore[union-attr]
+            # Drained: the last bytes go out, then the connection closes.
+            proto.flush()
+            proto.transport.loseConnection()  # type: ignore[union-attr]
 
     @property
     def base(self) -> str:
