@@ -155,17 +155,20 @@ async def test_plain_http_goes_through_the_agent_backend(fake: FakeLLMServer) ->
     assert pool().connections_opened == 0
 
 
+@pytest.mark.parametrize("window", [16384, 65536])
 @pytest_twisted.ensureDeferred
 async def test_a_stopped_consumer_holds_one_window_and_does_not_stall_the_others(
-    scripted: ScriptedH2Server,
+    scripted: ScriptedH2Server, window: int
 ) -> None:
     # 1 KiB events, 200 of them, 5 ms apart: 200 KiB per stream, far over the window.
     url = scripted.url("/sse?n=200&delay=0.005&size=1024")
-    backend = H2StreamBackend(max_pause=None)
+    backend = H2StreamBackend(max_pause=None, window=window)
     stopped = nous_twisted.stream(url, BODY, stream_backend=backend)
     first = await stopped.__anext__()
     assert first["i"] == 0
-    others = [_d(collect(nous_twisted.stream(url, BODY, stream_backend=backend))) for _ in range(9)]
+    # 30 siblings move 6 MiB through the connection while it holds its window:
+    # were connection credit tied to consumption, they would stall.
+    others = [_d(collect(nous_twisted.stream(url, BODY, stream_backend=backend))) for _ in range(30)]
     from twisted.internet.defer import gatherResults
 
     from nous_twisted.reactors import awaitable
