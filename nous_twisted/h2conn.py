@@ -171,8 +171,9 @@ class H2Stream:
         credit_on_arrival: bool,
         fallback: Callable[[], None],
     ) -> None:
-        self.request = request
-        self.headers, _ = request_headers(request)
+        #: the request, kept to send it again until the response begins
+        self.request: HTTPRequest | None = request
+        self.headers: list[tuple[bytes, bytes]] | None = request_headers(request)[0]
         self.sink = sink
         self.clock = clock
         self.url = request.display_url
@@ -223,6 +224,9 @@ class H2Stream:
 
     def on_headers(self, status: int, headers: Headers) -> None:
         self.headers_seen = True
+        # It will not be sent again: let the body go (a stream lives for minutes).
+        self.request = None
+        self.headers = None
         if not self._sink_done:
             self.sink.response_received(status, headers)
 
@@ -475,7 +479,9 @@ class H2ClientProtocol(Protocol):
         assert conn is not None
         self._cancel_idle()
         sid = conn.get_next_available_stream_id()
-        body = stream.request.body
+        request, headers = stream.request, stream.headers
+        assert request is not None and headers is not None
+        body = request.body
         self.streams[sid] = stream
         window = max(stream.window, self.stream_window)
         self._needed += window
@@ -483,7 +489,7 @@ class H2ClientProtocol(Protocol):
         if want > self._conn_window:
             conn.increment_flow_control_window(want - self._conn_window)
             self._conn_window = want
-        conn.send_headers(sid, stream.headers, end_stream=not body)
+        conn.send_headers(sid, headers, end_stream=not body)
         if stream.window > self.stream_window:
             conn.increment_flow_control_window(stream.window - self.stream_window, stream_id=sid)
         stream.opened(self, sid)

@@ -132,7 +132,7 @@ class H2Pool:
         if host is None:
             host = self.hosts[key] = _Host(key)
         self._enqueue(host, stream, front=False)
-        pool_timeout = stream.request.pool_timeout
+        pool_timeout = stream.request.pool_timeout if stream.request is not None else None
         if pool_timeout is not None and stream.registry is self:
             stream.queue_timer = self.reactor.callLater(pool_timeout, self._queue_expired, stream, pool_timeout)
         self._serve(host, connect_timeout)
