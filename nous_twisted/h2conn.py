@@ -194,7 +194,9 @@ class H2Stream:
         self.registry: Any = None
         #: its registry key (host, port, trust, window), set when submitted
         self.key: Any = None
-        self._buf: deque[tuple[bytes, int]] = deque()
+        # made on first use: most streams never hold bytes back, and an empty
+        # deque is ~600 bytes (thousands of streams may be open)
+        self._buf: deque[tuple[bytes, int]] | None = None
         self._end: tuple[bool, str] | None = None
         self._uncredited = 0
         self._pump_call: IDelayedCall | None = None
@@ -207,7 +209,7 @@ class H2Stream:
     @property
     def buffered_bytes(self) -> int:
         """Bytes received and not yet handed to the sink."""
-        return sum(len(d) for d, _ in self._buf)
+        return sum(len(d) for d, _ in self._buf) if self._buf else 0
 
     # -- from the connection ----------------------------------------------
 
@@ -238,8 +240,11 @@ class H2Stream:
             if not self._sink_done:
                 self.sink.data_received(data)
             return
-        if self.paused or self._buf:
-            self._buf.append((data, fcl))
+        buf = self._buf
+        if self.paused or buf:
+            if buf is None:
+                buf = self._buf = deque()
+            buf.append((data, fcl))
             return
         self._deliver(data, fcl)
 
@@ -327,7 +332,7 @@ class H2Stream:
         self.aborted = True
         self._sink_done = True
         self._stop_timers()
-        self._buf.clear()  # its bytes were credited to the connection on arrival
+        self._buf = None  # its bytes were credited to the connection on arrival
         conn, sid = self.conn, self.sid
         if conn is not None and sid is not None:
             conn.cancel_stream(self, ErrorCodes.CANCEL)
@@ -341,7 +346,7 @@ class H2Stream:
         if self.closed:
             return False
         self._sink_done = True
-        self._buf.clear()
+        self._buf = None
         self.paused = False
         self._credit_on_arrival = True
         self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
