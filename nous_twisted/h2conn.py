@@ -381,6 +381,8 @@ class H2ClientProtocol(Protocol):
         self._needed = 0  # the sum of the open streams' windows
         self._conn_uncredited = 0
         self._blocked: dict[int, H2Stream] = {}  # streams with body bytes waiting for window
+        self._inbox: list[bytes] | None = None  # records received this turn, not yet read
+        self._inbox_call: IDelayedCall | None = None
 
     def __repr__(self) -> str:
         return f"<H2ClientProtocol {self.key!r} {len(self.streams)} streams{' going away' if self.going_away else ''}>"
@@ -410,11 +412,24 @@ class H2ClientProtocol(Protocol):
         self._flush()
 
     def dataReceived(self, data: bytes) -> None:
+        # TLS hands us one record at a time, and one socket read holds dozens
+        # (one per event of each stream): take them all at the next turn, in
+        # one pass through h2, rather than one pass (and one flush) per record.
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = [data]
+            self._inbox_call = self.clock.callLater(0, self._take_inbox)
+        else:
+            inbox.append(data)
+
+    def _take_inbox(self) -> None:
+        self._inbox_call = None
+        inbox, self._inbox = self._inbox, None
         conn = self.h2
-        if conn is None or self.lost:
+        if conn is None or self.lost or not inbox:
             return
         try:
-            events: list[Any] = conn.receive_data(data)
+            events: list[Any] = conn.receive_data(inbox[0] if len(inbox) == 1 else b"".join(inbox))
         except H2Error as e:
             self._flush()
             self._fail_all(f"HTTP/2 protocol error: {describe(e)}")
@@ -441,6 +456,10 @@ class H2ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.lost:
             return
+        call, self._inbox_call = self._inbox_call, None
+        if call is not None and call.active():
+            call.cancel()
+            self._take_inbox()  # what arrived before the loss comes first
         self.lost = True
         self.going_away = True
         self._cancel_idle()
