@@ -179,8 +179,10 @@ class H2Stream:
         self.url = request.display_url
         self.window = window
         self._credit_on_arrival = credit_on_arrival
-        #: runs the request through the HTTP/1.1 agent backend instead
-        self.fallback = fallback
+        #: runs the request through the HTTP/1.1 agent backend instead (only
+        #: while it waits for a connection: dropped once opened, with the
+        #: request its closure holds)
+        self.fallback: Callable[[], None] | None = fallback
         self.conn: H2ClientProtocol | None = None
         self.sid: int | None = None
         self.paused = False
@@ -216,6 +218,7 @@ class H2Stream:
     def opened(self, conn: H2ClientProtocol, sid: int) -> None:
         self.conn = conn
         self.sid = sid
+        self.fallback = None
         self.sink.connected()
 
     def detach(self) -> None:

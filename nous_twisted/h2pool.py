@@ -124,7 +124,7 @@ class H2Pool:
 
     def submit(self, stream: H2Stream, key: Any, connect_timeout: float) -> None:
         """Carry ``stream`` on a connection to ``key``'s host, now or when one has room."""
-        if not self.speaks_h2(key):
+        if not self.speaks_h2(key) and stream.fallback is not None:
             stream.fallback()
             return
         stream.key = key
@@ -303,7 +303,7 @@ class H2Pool:
         host.waiters.clear()
         for stream in waiters:
             self.dequeue(stream)
-            if not stream.closed:
+            if not stream.closed and stream.fallback is not None:
                 stream.fallback()
         self._maybe_forget(host)
 
