@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 import nous_twisted
 from nous_twisted import StreamDone, StreamError, StreamTruncated, TransportError
-from nous_twisted.h2conn import _GoawayKeepsOpen
+from nous_twisted.h2conn import QUIET_VERSIONS, _Connection, _GoawayKeepsOpen, _QuietH2Connection
 
 from .h2server import H2ServerProtocol, ScriptedH2Server, tls_options
 from .helpers import get_reactor, sleep, wait_for
@@ -48,6 +48,28 @@ def test_h2_still_closes_on_goaway_and_our_machine_does_not() -> None:
     assert ours.state is ConnectionState.CLIENT_OPEN
     ours.process_input(ConnectionInputs.RECV_DATA)
     assert ours.state is ConnectionState.CLIENT_OPEN
+
+
+# sha256 of h2's H2Connection._receive_frame source, per version _QuietH2Connection repeats.
+RECEIVE_FRAME_SOURCE = {"4.4.1": "39b2e16b4fd74ed014ca144a0c6e388aef3dc51f116d6f0a874b70d92bd92873"}
+
+
+def test_the_quiet_connection_repeats_this_h2s_receive_frame() -> None:
+    import hashlib
+    import inspect
+
+    import h2
+    from h2.connection import H2Connection
+
+    assert set(RECEIVE_FRAME_SOURCE) == set(QUIET_VERSIONS)
+    if h2.__version__ not in QUIET_VERSIONS:
+        assert _Connection is H2Connection  # an unverified h2: its own method
+        return
+    assert _Connection is _QuietH2Connection
+    src = inspect.getsource(H2Connection._receive_frame)
+    # When this fails, h2 changed the method: compare it with ours and update both.
+    assert hashlib.sha256(src.encode()).hexdigest() == RECEIVE_FRAME_SOURCE[h2.__version__]
+    assert 'trace("Received frame: %s", repr(frame))' in src
 
 
 @pytest_twisted.ensureDeferred
