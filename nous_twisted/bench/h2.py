@@ -16,10 +16,14 @@ Measured, each client in a fresh process, rounds alternating:
   took off the wire meanwhile (window + one frame at most), and the others'
   completion against a run with no stop.
 
-The server is Twisted's own web server offering ALPN h2 and http/1.1, in a
-process of its own; it answers ``/sse?n=&gap=&size=`` with ``n`` events of
-``size`` bytes ``gap`` seconds apart, then ``data: [DONE]``, and ``/stats``
-(plain HTTP) with the connections it accepted.  Public names only, except
+The server runs in a process of its own and offers ALPN h2 and http/1.1:
+HTTP/1.1 is Twisted's web server; h2 is a small server on ``h2`` that writes
+the frames of one reactor turn together, as production servers do, or with
+``--h2-server twisted`` Twisted's own h2 server, which writes one frame per
+reactor turn (and on a loaded machine then measures itself more than the
+client).  It answers ``/sse?n=&gap=&size=`` with ``n`` events of ``size``
+bytes ``gap`` seconds apart, then ``data: [DONE]``, and ``/stats`` (plain
+HTTP) with the connections it accepted.  Public names only, except
 the h2 stream's byte count read for the stopped-consumer figure.
 """
 
@@ -37,32 +41,23 @@ import time
 import urllib.request
 from typing import Any
 
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer
+
 STEADY = (0.1, 0.9)
 
 
 # -- the server process ---------------------------------------------------------
 
 
-def serve(chain: str) -> None:
+def serve(chain: str, h2_server: str = "coalescing") -> None:
     from twisted.internet import reactor as _reactor
+    from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.ssl import CertificateOptions, PrivateCertificate
-    from twisted.protocols.policies import WrappingFactory
     from twisted.web import resource, server
 
     reactor: Any = _reactor  # Twisted's reactor module is typed as a bare module
     counts = {"connections": 0, "open": 0}
-
-    class Counting(WrappingFactory):
-        noisy = False
-
-        def buildProtocol(self, addr: Any) -> Any:
-            counts["connections"] += 1
-            counts["open"] += 1
-            return super().buildProtocol(addr)
-
-        def unregisterProtocol(self, p: Any) -> None:
-            counts["open"] -= 1
-            super().unregisterProtocol(p)  # type: ignore[no-untyped-call]
 
     class SSE(resource.Resource):
         isLeaf = True
@@ -105,7 +100,41 @@ def serve(chain: str) -> None:
     )
     site = server.Site(SSE())  # type: ignore[no-untyped-call]
     site.log = lambda request: None  # type: ignore[method-assign]
-    tls_port = reactor.listenSSL(0, Counting(site), opts, backlog=2048, interface="127.0.0.1")  # type: ignore[no-untyped-call]
+
+    @implementer(IHandshakeListener)
+    class Dispatch(Protocol):
+        """HTTP/1.1 to Twisted's web server; h2 to :class:`_H2Server`, which
+        writes each turn's frames in one go as production servers do
+        (Twisted's own h2 server writes one frame per reactor turn and, on
+        a loaded machine, measures itself rather than the client)."""
+
+        inner: Any = None
+
+        def handshakeCompleted(self) -> None:
+            transport: Any = self.transport
+            if transport.negotiatedProtocol == b"h2" and h2_server == "coalescing":
+                self.inner = _H2Server(reactor)
+            else:
+                self.inner = site.buildProtocol(transport.getPeer())
+            self.inner.makeConnection(transport)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.inner.dataReceived(data)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            counts["open"] -= 1
+            if self.inner is not None:
+                self.inner.connectionLost(reason)
+
+    class Counting(Factory):
+        noisy = False
+
+        def buildProtocol(self, addr: Any) -> Dispatch:
+            counts["connections"] += 1
+            counts["open"] += 1
+            return Dispatch()
+
+    tls_port = reactor.listenSSL(0, Counting(), opts, backlog=2048, interface="127.0.0.1")
     stats_site = server.Site(Stats())  # type: ignore[no-untyped-call]
     stats_site.log = lambda request: None  # type: ignore[method-assign]
     stats_port = reactor.listenTCP(0, stats_site, interface="127.0.0.1")
@@ -119,6 +148,119 @@ def serve(chain: str) -> None:
 
     stdio.StandardIO(Quit())  # type: ignore[no-untyped-call]
     reactor.run()
+
+
+class _H2Server:
+    """The bench server's HTTP/2 side, on ``h2``: ``/sse?n=&gap=&size=`` as
+    the HTTP/1.1 side answers it, flow control honoured, and every frame
+    made in one reactor turn written at once."""
+
+    def __init__(self, reactor: Any) -> None:
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.settings import SettingCodes, Settings
+
+        self.reactor = reactor
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.conn.local_settings = Settings(client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        self.pending: dict[int, bytearray] = {}  # per stream: bytes waiting for window
+        self.ending: set[int] = set()
+        self.calls: dict[int, Any] = {}
+        self.flush_call: Any = None
+        self.transport: Any = None
+        self.lost = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.flush_call = None
+        out = self.conn.data_to_send()
+        if out and not self.lost:
+            self.transport.write(out)
+
+    def soon(self) -> None:
+        if self.flush_call is None:
+            self.flush_call = self.reactor.callLater(0, self.flush)
+
+    def dataReceived(self, data: bytes) -> None:
+        from h2.events import DataReceived, RequestReceived, StreamReset, WindowUpdated
+        from h2.exceptions import H2Error
+
+        try:
+            events = self.conn.receive_data(data)
+        except H2Error:
+            self.transport.abortConnection()
+            return
+        for ev in events:
+            if isinstance(ev, RequestReceived):
+                self.request(ev.stream_id, dict(ev.headers))
+            elif isinstance(ev, DataReceived) and ev.flow_controlled_length:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, WindowUpdated):
+                for sid in list(self.pending):
+                    self.push(sid)
+            elif isinstance(ev, StreamReset):
+                self.forget(ev.stream_id)
+        self.soon()
+
+    def request(self, sid: int, headers: dict[bytes, bytes]) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(headers[b":path"].decode())
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        n, gap, size = int(q.get("n", "200")), float(q.get("gap", "0.01")), int(q.get("size", "1024"))
+        line = b"data: " + json.dumps({"choices": [{"delta": {"content": "x" * max(0, size - 60)}}]}).encode()
+        self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/event-stream")])
+        self.pending[sid] = bytearray()
+        count = [0]
+
+        def step() -> None:
+            self.calls.pop(sid, None)
+            if self.lost or sid not in self.pending:
+                return
+            if count[0] >= n:
+                self.pending[sid] += b"data: [DONE]\n\n"
+                self.ending.add(sid)
+            else:
+                self.pending[sid] += line + b"\n\n"
+                count[0] += 1
+                self.calls[sid] = self.reactor.callLater(gap, step)
+            self.push(sid)
+            self.soon()
+
+        step()
+
+    def push(self, sid: int) -> None:
+        buf = self.pending.get(sid)
+        if buf is None:
+            return
+        conn = self.conn
+        while buf:
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if room <= 0:
+                return
+            conn.send_data(sid, bytes(buf[:room]))
+            del buf[:room]
+        if sid in self.ending:
+            conn.end_stream(sid)
+            self.forget(sid)
+
+    def forget(self, sid: int) -> None:
+        self.pending.pop(sid, None)
+        self.ending.discard(sid)
+        call = self.calls.pop(sid, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+        for call in self.calls.values():
+            if call.active():
+                call.cancel()
+        self.calls.clear()
 
 
 # -- the client process ----------------------------------------------------------
@@ -253,9 +395,11 @@ def _run_client(params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def bench(quick: bool = False, sizes: dict[str, Any] | None = None) -> dict[str, Any]:
+def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: str = "coalescing") -> dict[str, Any]:
     """Run the scenario; the figures, as a dict.  ``sizes`` overrides
-    streams, events, gap, rounds, levels, stop and stop_rounds (for tests)."""
+    streams, events, gap, rounds, levels, stop and stop_rounds (for tests).
+    ``h2_server``: ``"coalescing"`` (each turn's frames in one write) or
+    ``"twisted"`` (Twisted's own h2 server: one frame per write and turn)."""
     import trustme
 
     directory = tempfile.mkdtemp(prefix="nous-twisted-bench-h2-")
@@ -264,7 +408,8 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None) -> dict[str,
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(chain)
     ca.cert_pem.write_to_path(ca_pem)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nous_twisted.bench.h2", "--serve", chain], stdin=subprocess.PIPE,
+        [sys.executable, "-m", "nous_twisted.bench.h2", "--serve", chain, "--h2-server", h2_server],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None
@@ -276,7 +421,8 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None) -> dict[str,
     streams, events, gap, rounds, levels = size["streams"], size["events"], size["gap"], size["rounds"], size["levels"]
     url = f"https://localhost:{tls_port}/sse?n={events}&gap={gap}&size=1024"
     common = {"ca": ca_pem, "streams": streams, "events": events}
-    result: dict[str, Any] = {"streams": streams, "events": events, "gap_s": gap, "rounds": rounds}
+    result: dict[str, Any] = {"streams": streams, "events": events, "gap_s": gap, "rounds": rounds,
+                              "h2_server": h2_server}
     try:
         cpu: dict[str, list[dict[str, Any]]] = {"h2": [], "agent": []}
         for _ in range(rounds):
@@ -315,7 +461,8 @@ def report(result: dict[str, Any]) -> str:
     cpu = result["cpu"]
     lines = [
         f"### HTTP/2: {result['streams']} streams x {result['events']} events, "
-        f"{result['gap_s'] * 1000:g} ms apart, TLS ({result['rounds']} alternating rounds)",
+        f"{result['gap_s'] * 1000:g} ms apart, TLS ({result['rounds']} alternating rounds; h2 server: "
+        f"{result.get('h2_server', 'coalescing')})",
         "",
         "| | h2 | agent (HTTP/1.1) | h2 / agent |",
         "|---|---|---|---|",
@@ -356,16 +503,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nous_twisted.bench.h2", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", help="also write the raw figures here")
+    p.add_argument("--h2-server", choices=["coalescing", "twisted"], default="coalescing",
+                   help="the server's h2 side: frames of a turn written together (default), or Twisted's own "
+                   "h2 server (one frame per write and reactor turn)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.h2_server)
         return 0
     if args.client:
         print(json.dumps(client(json.loads(args.client))), flush=True)
         return 0
-    result = bench(args.quick)
+    result = bench(args.quick, h2_server=args.h2_server)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
