@@ -256,3 +256,20 @@ def test_agent_fallback_has_the_same_limits() -> None:
     assert isinstance(b._agent, AgentStreamBackend)
     assert b._agent.max_event_bytes == 1000 and b._agent.max_pause == 5.0
     assert "window=65536" in repr(b)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abandoned_stream_is_reset_and_frees_its_slot(scripted: ScriptedH2Server) -> None:
+    import gc
+
+    from h2.errors import ErrorCodes
+
+    async def read_one() -> None:
+        s = nous_twisted.stream(scripted.url("/sse?n=500&delay=0.01"), BODY, stream_backend="h2")
+        await s.__anext__()  # then nobody holds it
+
+    await read_one()
+    gc.collect()
+    await wait_for(lambda: scripted.resets_received == [ErrorCodes.CANCEL], timeout=3)
+    await wait_for(lambda: list(h2_pool_stats().values())[0]["open_streams"] == 0)
+    assert scripted.connections == 1
