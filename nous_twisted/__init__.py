@@ -1,5 +1,7 @@
 """nous_twisted: a Twisted-native HTTP transport for LLM APIs."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .api import configure, post, stream
 from .backends.agent import AgentBackend
@@ -38,10 +40,29 @@ from .retry import RetryPolicy
 from .settings import PoolSettings
 from .shared import pool_stats, shutdown
 
+if TYPE_CHECKING:
+    from .backends.h2 import H2Backend
+    from .backends.h2_stream import H2StreamBackend
+
+
+def __getattr__(name: str) -> Any:
+    # The h2 backends need the 'http2' extra: imported on first use, so that
+    # importing nous_twisted never needs it.
+    if name not in ("H2Backend", "H2StreamBackend"):
+        raise AttributeError(f"module 'nous_twisted' has no attribute {name!r}")
+    try:
+        from .backends import h2, h2_stream
+    except ImportError as e:
+        raise ImportError(f"{name} needs the 'http2' extra: pip install 'nous-twisted[http2]' ({e})") from e
+    return h2.H2Backend if name == "H2Backend" else h2_stream.H2StreamBackend
+
+
 __all__ = [
     "AgentBackend",
     "AgentStreamBackend",
     "AuthenticationError",
+    "H2Backend",
+    "H2StreamBackend",
     "BackendConfigError",
     "BadRequestError",
     "BufferOverflow",

@@ -214,6 +214,10 @@ class HostPoolStats:
         ``PoolSettings.max_connections``).
     :ivar max_open: the largest ``open`` seen since the pool was made; the
         same for ``max_idle``, ``max_in_use`` and ``max_waiting``.
+    :ivar streams: HTTP/2 hosts (keys ending in `` (h2)``): the streams open
+        on those connections; 0 for HTTP/1.1, one request a connection.
+        HTTP/2 peaks are not tracked: there the ``max_`` fields repeat the
+        current values.
     """
 
     open: int
@@ -224,6 +228,7 @@ class HostPoolStats:
     max_idle: int
     max_in_use: int
     max_waiting: int
+    streams: int = 0
 
 
 class _Slot:

@@ -31,6 +31,7 @@ _KINDS: dict[str, tuple[InterfaceClass, dict[str, str]]] = {
         {
             "treq": "nous_twisted.backends.treq:TreqBackend",
             "agent": "nous_twisted.backends.agent:AgentBackend",
+            "h2": "nous_twisted.backends.h2:H2Backend",
         },
     ),
     "stream": (
@@ -38,9 +39,13 @@ _KINDS: dict[str, tuple[InterfaceClass, dict[str, str]]] = {
         {
             "treq": "nous_twisted.backends.treq_stream:TreqStreamBackend",
             "agent": "nous_twisted.backends.agent_stream:AgentStreamBackend",
+            "h2": "nous_twisted.backends.h2_stream:H2StreamBackend",
         },
     ),
 }
+
+# Built-in names that need an extra installed: name -> (module, extra).
+_EXTRAS = {"h2": ("h2", "http2")}
 
 # Built-in backends hold no per-call state: one instance each is enough.
 _builtin_instances: dict[str, Any] = {}
@@ -64,6 +69,21 @@ def _import(path: str) -> Any:
     return obj
 
 
+def _check_extra(name: str, setting: str, value: Any, accepted: str) -> None:
+    """A built-in backend whose extra is not installed: say which to install."""
+    need = _EXTRAS.get(name)
+    if need is None:
+        return
+    module, extra = need
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise BackendConfigError(
+            setting, value, f"the {name!r} backend needs the {extra!r} extra: pip install 'nous-twisted[{extra}]'",
+            accepted,
+        ) from None
+
+
 def _coerce(kind: str, value: Any, setting: str) -> Any:
     iface, builtins = _KINDS[kind]
     accepted = _ACCEPTED.format(iface=iface.__name__)
@@ -75,6 +95,7 @@ def _coerce(kind: str, value: Any, setting: str) -> Any:
         if inst is not None:
             return inst
         if name in builtins:
+            _check_extra(name, setting, value, accepted)
             inst = _import(builtins[name])()
             _builtin_instances[key] = inst
             return inst

@@ -9,6 +9,7 @@ aborts everything and runs by itself before the reactor stops.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -104,9 +105,21 @@ def pool_stats(reactor: Any | None = None) -> dict[str, HostPoolStats]:
     reactor = default_reactor(reactor)
     s = _shared.get(reactor)
     pool = s.pool if s is not None else _retired.get(reactor)
-    if pool is None:
-        return {}
-    return {host_key(key): stats for key, stats in pool.stats().items()}
+    out = {} if pool is None else {host_key(key): stats for key, stats in pool.stats().items()}
+    for provider in _stats_providers:
+        out.update(provider(reactor))
+    return out
+
+
+# Pools beside the shared one (the h2 registry) add their hosts here: they
+# sit above this module, which cannot import them.
+_stats_providers: list[Callable[[Any], dict[str, HostPoolStats]]] = []
+
+
+def add_stats_provider(provider: Callable[[Any], dict[str, HostPoolStats]]) -> None:
+    """Have :func:`pool_stats` include ``provider(reactor)``'s hosts."""
+    if provider not in _stats_providers:
+        _stats_providers.append(provider)
 
 
 def host_key(key: Any) -> str:
