@@ -44,7 +44,6 @@ Timers, on an injected clock:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -89,6 +88,10 @@ MAX_ERROR_BODY = 1024 * 1024
 # Of a 2xx body that is not an event stream, this much is kept for the error.
 SNIFF_BYTES = 1024
 
+# The queue of a stream with nothing queued.  Shared, so never mutated: an
+# empty queue is replaced (by the decoder's own list), never appended to.
+_EMPTY: list[Any] = []
+
 
 class ByteSource(Protocol):
     """What the exchange that owns the connection offers the core."""
@@ -114,7 +117,7 @@ class StreamCore:
     # Thousands of streams may be open at once: no instance dict.
     __slots__ = (
         "__weakref__", "_asked_at", "_clock", "_collect_limit", "_collected", "_consumer_paused",
-        "_count_since", "_decoder", "_eof_pending", "_idle_timer", "_idle_used", "_inflater", "_kept",
+        "_count_since", "_decoder", "_eof_pending", "_head", "_idle_timer", "_idle_used", "_inflater", "_kept",
         "_kept_size", "_max_event_bytes", "_max_pause", "_policy", "_queue", "_registry", "_seconds",
         "_secrets", "_source", "_stall_timer", "_state", "_terminal", "_waiter", "bytes_received",
         "format", "headers", "max_buffered", "status", "timeout", "url",
@@ -154,7 +157,12 @@ class StreamCore:
         self._kept_size = 0
         self._collected = 0
         self._collect_limit = 0
-        self._queue: deque[Any] = deque()
+        # Events not yet taken are _queue[_head:].  A list and an index, not a
+        # deque (624 bytes even when empty, on every open stream): the
+        # decoder's list of a read is adopted as it is, and the queue is
+        # dropped for _EMPTY once taken to its end.
+        self._queue: list[Any] = _EMPTY
+        self._head = 0
         self._terminal: Terminal | None = None
         # the waiting reader: a Deferred (wait()) or a plain callable (when_ready())
         self._waiter: Any = None
@@ -172,7 +180,7 @@ class StreamCore:
         self.bytes_received = 0
 
     def __repr__(self) -> str:
-        return f"<StreamCore {self.url} {self._state}, {len(self._queue)} buffered>"
+        return f"<StreamCore {self.url} {self._state}, {self.buffered} buffered>"
 
     # ------------------------------------------------------------------
     # the byte source's side
@@ -226,6 +234,26 @@ class StreamCore:
         inflater = self._inflater
         if inflater is None:
             self._decode(data)
+            if self._state is RECEIVING:
+                # The common case, inline: one read, its events (if any)
+                # queued, the stream still running.
+                w = self._waiter
+                if w is not None and not self._consumer_paused:
+                    if self._queue:
+                        self._waiter = None
+                        self._asked_at = self._seconds()
+                        if type(w) is Deferred:
+                            w.callback(None)
+                        else:
+                            w()
+                        if self._state is not RECEIVING:
+                            return
+                        if self._waiter is not None and not self._consumer_paused and not self._queue:
+                            return  # it took them all and waits again: read on
+                    else:
+                        return  # the reader waits, nothing to give it: read on
+                self._after_chunk()
+                return
         else:
             try:
                 inflater.push(data)
@@ -272,7 +300,7 @@ class StreamCore:
 
     def abort_for_shutdown(self) -> None:
         if self._terminal is None:
-            self._queue.clear()
+            self._clear()
             self._consumer_paused = False
             self._end(StreamError(TransportError(f"the stream from {self.url} was aborted by shutdown()")), abort=True)
             self._notify()
@@ -292,13 +320,32 @@ class StreamCore:
             if self._count_since is not None:
                 self._count_since = self._seconds()
         if items:
-            q = self._queue
-            q.extend(items)
-            if len(q) > self.max_buffered:
-                self.max_buffered = len(q)
+            self._push(items)
         terminal = decoder.terminal
         if terminal is not None:
             self._end(terminal, abort=isinstance(terminal, StreamError))
+
+    def _push(self, items: list[Any]) -> None:
+        """Queue ``items``, a list the caller gives away (the decoder makes a
+        new one per call)."""
+        q = self._queue
+        if q:
+            head = self._head
+            if head:
+                # Drop what was taken, so the queue never holds events the
+                # reader already has.
+                del q[:head]
+                self._head = 0
+            q.extend(items)
+        else:
+            self._queue = q = items
+            self._head = 0
+        if len(q) > self.max_buffered:
+            self.max_buffered = len(q)
+
+    def _clear(self) -> None:
+        self._queue = _EMPTY
+        self._head = 0
 
     def _inflate(self) -> None:
         """Expand already-read compressed bytes, one bounded step at a time,
@@ -307,7 +354,7 @@ class StreamCore:
         assert inflater is not None
         decode_more = self._policy.decode_more
         try:
-            while self._state is RECEIVING and inflater.has_output and decode_more(len(self._queue)):
+            while self._state is RECEIVING and inflater.has_output and decode_more(self.buffered):
                 out = inflater.pull(STEP)
                 if not out:
                     break
@@ -328,7 +375,9 @@ class StreamCore:
             except NousHTTPError as e:
                 self._end(StreamError(e), abort=False)
                 return
-        self._queue.extend(decoder.finish())
+        last = decoder.finish()
+        if last:
+            self._push(list(last))
         assert decoder.terminal is not None
         self._end(decoder.terminal, abort=False)
 
@@ -425,7 +474,7 @@ class StreamCore:
         if self._state is not RECEIVING or source is None:
             return
         waiting = self._waiter is not None and not self._consumer_paused
-        queued = len(self._queue)
+        queued = len(self._queue) - self._head
         if not source.paused:
             inflater = self._inflater
             if (inflater is not None and inflater.has_output) or self._policy.pause_after_chunk(queued, waiting):
@@ -445,7 +494,7 @@ class StreamCore:
             if self._state is not RECEIVING or inflater.has_output:
                 return
         source = self._source
-        if source is not None and source.paused and self._policy.may_resume(len(self._queue), self._waiting()):
+        if source is not None and source.paused and self._policy.may_resume(self.buffered, self._waiting()):
             source.resume_reading()
             self._start_counting()
 
@@ -455,16 +504,23 @@ class StreamCore:
     def take(self) -> Any:
         """The next event, the terminal event, NOTHING (none ready: wait()),
         or END (the terminal event was taken)."""
-        if self._consumer_paused:
-            return NOTHING
         q = self._queue
-        if q:
-            event = q.popleft()
+        if q and not self._consumer_paused:
+            head = self._head
+            event = q[head]
+            head += 1
+            if head == len(q):
+                self._queue = _EMPTY
+                self._head = 0
+            else:
+                self._head = head
             self._asked_at = self._seconds()
             source = self._source
             if source is not None and source.paused and self._state is RECEIVING:
                 self._refill()
             return event
+        if self._consumer_paused:
+            return NOTHING
         state = self._state
         if state is ENDED:
             self._state = DELIVERED
@@ -534,7 +590,7 @@ class StreamCore:
         state = self._state
         if state is DELIVERED:
             return
-        self._queue.clear()
+        self._clear()
         # A consumer that stops a stream it holds paused (a transport whose
         # peer left) still gets the end: else its reader would wait for ever.
         self._consumer_paused = False
@@ -595,8 +651,8 @@ class StreamCore:
         if self._seconds() - self._asked_at < self._max_pause:
             self._arm_stall_timer()
             return
-        buffered = len(self._queue)
-        self._queue.clear()
+        buffered = self.buffered
+        self._clear()
         # Delivered even to a paused consumer: waiting for a resume that may
         # never come would hang it.
         self._consumer_paused = False
@@ -622,7 +678,7 @@ class StreamCore:
     @property
     def buffered(self) -> int:
         """Events decoded and not yet taken."""
-        return len(self._queue)
+        return len(self._queue) - self._head
 
     @property
     def done(self) -> bool:
