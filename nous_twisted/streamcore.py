@@ -117,7 +117,7 @@ class StreamCore:
     # Thousands of streams may be open at once: no instance dict.
     __slots__ = (
         "__weakref__", "_asked_at", "_clock", "_collect_limit", "_collected", "_consumer_paused",
-        "_count_since", "_decoder", "_eof_pending", "_head", "_idle_timer", "_idle_used", "_inflater", "_kept",
+        "_count_since", "_decoder", "_eof_pending", "_idle_timer", "_idle_used", "_inflater", "_kept",
         "_kept_size", "_max_event_bytes", "_max_pause", "_policy", "_queue", "_registry", "_seconds",
         "_secrets", "_source", "_stall_timer", "_state", "_terminal", "_waiter", "bytes_received",
         "format", "headers", "max_buffered", "status", "timeout", "url",
@@ -157,12 +157,10 @@ class StreamCore:
         self._kept_size = 0
         self._collected = 0
         self._collect_limit = 0
-        # Events not yet taken are _queue[_head:].  A list and an index, not a
-        # deque (624 bytes even when empty, on every open stream): the
-        # decoder's list of a read is adopted as it is, and the queue is
-        # dropped for _EMPTY once taken to its end.
+        # The events not yet taken, the next one LAST: a list popped from its
+        # end, not a deque (624 bytes even when empty, on every open stream).
+        # The decoder's list of a read is adopted, reversed in place.
         self._queue: list[Any] = _EMPTY
-        self._head = 0
         self._terminal: Terminal | None = None
         # the waiting reader: a Deferred (wait()) or a plain callable (when_ready())
         self._waiter: Any = None
@@ -328,24 +326,18 @@ class StreamCore:
     def _push(self, items: list[Any]) -> None:
         """Queue ``items``, a list the caller gives away (the decoder makes a
         new one per call)."""
+        items.reverse()
         q = self._queue
         if q:
-            head = self._head
-            if head:
-                # Drop what was taken, so the queue never holds events the
-                # reader already has.
-                del q[:head]
-                self._head = 0
-            q.extend(items)
+            q[0:0] = items  # behind the events already queued
         else:
+            # An empty queue is replaced, never mutated: it may be _EMPTY.
             self._queue = q = items
-            self._head = 0
         if len(q) > self.max_buffered:
             self.max_buffered = len(q)
 
     def _clear(self) -> None:
         self._queue = _EMPTY
-        self._head = 0
 
     def _inflate(self) -> None:
         """Expand already-read compressed bytes, one bounded step at a time,
@@ -474,7 +466,7 @@ class StreamCore:
         if self._state is not RECEIVING or source is None:
             return
         waiting = self._waiter is not None and not self._consumer_paused
-        queued = len(self._queue) - self._head
+        queued = len(self._queue)
         if not source.paused:
             inflater = self._inflater
             if (inflater is not None and inflater.has_output) or self._policy.pause_after_chunk(queued, waiting):
@@ -506,14 +498,7 @@ class StreamCore:
         or END (the terminal event was taken)."""
         q = self._queue
         if q and not self._consumer_paused:
-            head = self._head
-            event = q[head]
-            head += 1
-            if head == len(q):
-                self._queue = _EMPTY
-                self._head = 0
-            else:
-                self._head = head
+            event = q.pop()
             self._asked_at = self._seconds()
             source = self._source
             if source is not None and source.paused and self._state is RECEIVING:
@@ -678,7 +663,7 @@ class StreamCore:
     @property
     def buffered(self) -> int:
         """Events decoded and not yet taken."""
-        return len(self._queue) - self._head
+        return len(self._queue)
 
     @property
     def done(self) -> bool:
