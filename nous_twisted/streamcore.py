@@ -88,8 +88,9 @@ MAX_ERROR_BODY = 1024 * 1024
 # Of a 2xx body that is not an event stream, this much is kept for the error.
 SNIFF_BYTES = 1024
 
-# The queue of a stream with nothing queued.  Shared, so never mutated: an
-# empty queue is replaced (by the decoder's own list), never appended to.
+# The queue of a stream with nothing queued (and the kept bytes of one not
+# collecting an error body).  Shared, so never mutated: an empty queue is
+# replaced (by the decoder's own list), never appended to.
 _EMPTY: list[Any] = []
 
 
@@ -153,7 +154,7 @@ class StreamCore:
         self._eof_pending = False  # the body ended; compressed bytes still to expand
         # COLLECTING: the bytes kept, how many arrived, how many to keep, and
         # what to make of them
-        self._kept: list[bytes] = []
+        self._kept: list[bytes] = _EMPTY  # a list of its own from _collect() on
         self._kept_size = 0
         self._collected = 0
         self._collect_limit = 0
@@ -376,6 +377,7 @@ class StreamCore:
     # -- collecting a body to report --------------------------------------
 
     def _collect(self, limit: int) -> None:
+        self._kept = []
         self._state = COLLECTING
         self._collect_limit = limit
 
@@ -405,7 +407,7 @@ class StreamCore:
 
     def _collected_all(self, abort: bool) -> None:
         body = b"".join(self._kept)
-        self._kept = []
+        self._kept = _EMPTY
         assert self.status is not None and self.headers is not None
         if 200 <= self.status < 300:
             ctype = (self.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
