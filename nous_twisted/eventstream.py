@@ -135,6 +135,14 @@ class EventStream:
 
     async def __anext__(self) -> Any:
         core = self._core
+        q = core._queue
+        if q and not core._consumer_paused:
+            # StreamCore.take()'s common case, inline: an event is queued and
+            # the socket is not held for the reader (nothing to resume).
+            source = core._source
+            if source is None or not source.paused:
+                core._asked_at = core._seconds()
+                return q.pop()
         event = core.take()
         while event is NOTHING:
             # Wait, then take: an event is never handed over in flight, so a
