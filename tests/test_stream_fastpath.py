@@ -433,3 +433,62 @@ def test_stream_objects_are_collected_once_read_to_the_end() -> None:
     del stream, core
     gc.collect()
     assert [r() for r in refs] == [None, None]
+
+
+def test_async_for_on_a_socket_paused_for_it_resumes_once_it_has_taken_all() -> None:
+    core, source, reactor = make(StrictPull())
+    core.data_received(evs(1, 2, 3))  # nobody reads yet: strict pull pauses
+    assert source.calls == ["pause"]
+    stream = EventStream(core, reactor)
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in stream:
+            got.append(event)
+
+    Deferred.fromCoroutine(read())
+    assert got == [{"i": 1}, {"i": 2}, {"i": 3}]
+    assert source.calls == ["pause", "resume"]  # waits with nothing queued: read on
+    core.data_received(ev(4))
+    assert got[-1] == {"i": 4}
+
+
+def test_async_for_holds_events_back_while_the_stream_is_paused() -> None:
+    core, _, reactor = make(Watermarks(high=8, low=2))
+    stream = EventStream(core, reactor)
+    core.data_received(evs(1, 2))
+    stream.pauseProducing()
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in stream:
+            got.append(event)
+
+    Deferred.fromCoroutine(read())
+    assert got == []
+    stream.resumeProducing()
+    assert got == [{"i": 1}, {"i": 2}]
+
+
+def test_async_for_resumes_under_low_water_before_the_queue_is_empty() -> None:
+    core, source, reactor = make(Watermarks(high=4, low=2))
+    core.data_received(evs(1, 2, 3, 4, 5))
+    assert source.calls == ["pause"]
+    stream = EventStream(core, reactor)
+    gates: list[Deferred[None]] = []
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in stream:
+            got.append(event)
+            gate: Deferred[None] = Deferred()
+            gates.append(gate)
+            await gate  # one event per turn, as a slow consumer
+
+    Deferred.fromCoroutine(read())
+    for taken in range(1, 5):
+        assert len(got) == taken
+        # 5 queued; under low water (2) only once 4 are taken
+        assert source.calls == (["pause", "resume"] if taken >= 4 else ["pause"]), taken
+        gates[-1].callback(None)
+    assert got == [{"i": i} for i in range(1, 6)]
