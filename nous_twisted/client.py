@@ -375,10 +375,9 @@ class Client:
             handle: EventStream = impl.stream(
                 request, timeout=timeout, connect_timeout=connect_timeout, format=fmt, agent=agent, reactor=reactor
             )
-            # The outer handle owns the call now: this one's finaliser would
-            # cancel the attempt as soon as it is dropped.
-            handle._finalizer.detach()
-            return handle._core  # type: ignore[return-value]
+            # The outer handle owns the call now: this one, dropped, would
+            # cancel the attempt.
+            return handle._detach()  # type: ignore[return-value]
 
         describe = partial(_describe, "POST", request.display_url, backend_name(impl), True) if observed else None
         if describe is not None:

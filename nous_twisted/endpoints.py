@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent
 from twisted.web.error import SchemeNotSupported
@@ -57,6 +58,29 @@ class SharedAgent(Agent):
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
         self._proxy_plans: dict[tuple[bytes, Proxy], _ProxyPlan] = {}
         self._proxy_endpoints: dict[tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint] = {}
+
+    # Untyped like the method it overrides, so _plan's call stays as it is.
+    def _getEndpoint(self, uri):  # type: ignore[no-untyped-def]
+        """An IP-literal host needs no name resolution: a TCP endpoint
+        connects it for a fraction of ``HostnameEndpoint``'s cost, which
+        resolves even an address in the thread pool and builds a class per
+        connect (~300 µs of CPU and ~10 KB while connecting, per connection:
+        most of the memory of a stream that opens its own).  Hostnames, and
+        a Twisted whose Agent lacks the attributes read here, go to Twisted's."""
+        factory = getattr(self, "_endpointFactory", None)
+        policy = getattr(factory, "_policyForHTTPS", None)
+        host = uri.host.decode("ascii", "replace")
+        v4 = isIPAddress(host)
+        if policy is None or not (v4 or isIPv6Address(host)) or uri.scheme not in (b"http", b"https"):
+            return super()._getEndpoint(uri)  # type: ignore[no-untyped-call]
+        timeout = getattr(factory, "_connectTimeout", None)
+        endpoint: IStreamClientEndpoint = (TCP4ClientEndpoint if v4 else TCP6ClientEndpoint)(
+            self._reactor, host, uri.port, timeout=30 if timeout is None else timeout,
+            bindAddress=getattr(factory, "_bindAddress", None),
+        )
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
     def _plan(self, uri: bytes) -> _Plan:
         parsed = URI.fromBytes(uri.strip())

@@ -6,13 +6,15 @@ thin reader over a :class:`~nous_twisted.streamcore.StreamCore`, and nothing
 on the reactor's side refers to it: a handle nobody holds any more is
 collected, and its finaliser cancels the core, which aborts the connection
 and frees its pool slot (``async for`` does not close an iterator on
-``break``; only this does).
+``break``; only this does).  The finaliser is ``__del__``, not a
+``weakref.finalize``: thousands of streams may be open, and a finalize costs
+a registry entry, a weakref and a record per stream.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
+from asyncio.events import _get_running_loop
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -30,11 +32,18 @@ from .streamcore import END, NOTHING, StreamCore
 Terminal = StreamDone | StreamError
 
 
-def _abandoned(reactor: Any, core: StreamCore | AttemptsCore) -> None:
-    # A finaliser may run in the middle of anything (it runs when the
-    # collector does): let the reactor cancel at its next turn.
-    if not core.done:
-        reactor.callFromThread(core.cancel)
+class _Wait:
+    """Awaits the core's wait() Deferred: the Deferred itself for Twisted's
+    coroutine runner, without ``Deferred.__await__``'s result handling (a
+    wakeup carries no result; a cancellation is thrown in at the yield)."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: Deferred[None]) -> None:
+        self.d = d
+
+    def __await__(self) -> Generator[Deferred[None], object, None]:
+        yield self.d
 
 
 @implementer(IPushProducer)
@@ -44,13 +53,24 @@ class EventStream:
     ``status`` and ``headers`` are set once the response headers arrive.
     """
 
-    __slots__ = ("_core", "_mode", "_finalizer", "__weakref__")
+    __slots__ = ("_core", "_mode", "_reactor", "__weakref__")
 
     def __init__(self, core: StreamCore | AttemptsCore, reactor: Any) -> None:
         self._core = core
         self._mode: str | None = None
-        self._finalizer = weakref.finalize(self, _abandoned, reactor, core)
-        self._finalizer.atexit = False
+        self._reactor = reactor
+
+    def __del__(self) -> None:
+        # Abandoned: nobody can read it any more.  A finaliser may run in the
+        # middle of anything (it runs when the collector does): let the
+        # reactor cancel at its next turn.  consume() drives the stream to
+        # its end by itself, so a handle dropped after it changes nothing.
+        try:
+            core = self._core
+            if self._mode != "consume" and self._mode != "detached" and not core.done:
+                self._reactor.callFromThread(core.cancel)
+        except Exception:  # noqa: S110 - at interpreter exit, nothing is left to cancel
+            pass
 
     def __repr__(self) -> str:
         state = "done" if self._core.done else "open"
@@ -120,15 +140,45 @@ class EventStream:
 
     async def __anext__(self) -> Any:
         core = self._core
+        if isinstance(core, AttemptsCore):
+            return await self._next_from(core)
+        q = core._queue
+        if q and not core._consumer_paused:
+            # StreamCore.take()'s common case, inline: an event is queued and
+            # the socket is not held for the reader (nothing to resume).
+            source = core._source
+            if source is None or not source.paused:
+                core._asked_at = core._seconds()
+                return q.pop()
         event = core.take()
         while event is NOTHING:
             # Wait, then take: an event is never handed over in flight, so a
             # read cancelled at any moment (asyncio.wait_for) loses nothing.
+            d = core.wait()
+            if _get_running_loop() is None:
+                await _Wait(d)
+            else:
+                await awaitable(d)
+            event = core.take()
+        if event is END:
+            raise StopAsyncIteration
+        return event
+
+    async def _next_from(self, core: AttemptsCore) -> Any:
+        # A call across attempts (retries, observers): its own take().
+        event = core.take()
+        while event is NOTHING:
             await awaitable(core.wait())
             event = core.take()
         if event is END:
             raise StopAsyncIteration
         return event
+
+    def _detach(self) -> StreamCore | AttemptsCore:
+        """Hand the core over to another handle (a call across attempts):
+        dropping this one then leaves the stream alone."""
+        self._mode = "detached"
+        return self._core
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -148,8 +198,8 @@ class EventStream:
         """
         self._set_mode("consume")
         # consume() drives the stream to its end by itself: dropping the
-        # handle now is fine, and cancelling the Deferred is how to stop it.
-        self._finalizer.detach()
+        # handle now is fine (__del__ leaves it be), and cancelling the
+        # Deferred is how to stop it.
         return awaitable(_Consumer(self._core, on_event).start())
 
     def _set_mode(self, mode: str) -> None:
@@ -220,19 +270,32 @@ class _Consumer:
 
     def step(self, _: object = None) -> None:
         core = self.core
+        take = core.take
+        on_event = self.on_event
         while not self._stopped:
-            event = core.take()
-            if event is NOTHING:
-                core.when_ready(self.step)
-                return
-            if event is END:
-                return
-            last = isinstance(event, (StreamDone, StreamError))
-            try:
-                result = self.on_event(event)
-            except Exception:
-                self.failed(Failure())
-                return
+            event = take()
+            if type(event) is dict:
+                # the per-event path: a data event, and a plain callback
+                try:
+                    result = on_event(event)
+                except Exception:
+                    self.failed(Failure())
+                    return
+                if result is None:
+                    continue
+                last = False
+            else:
+                if event is NOTHING:
+                    core.when_ready(self.step)
+                    return
+                if event is END:
+                    return
+                last = isinstance(event, (StreamDone, StreamError))
+                try:
+                    result = on_event(event)
+                except Exception:
+                    self.failed(Failure())
+                    return
             if result is not None and (isinstance(result, Deferred) or hasattr(result, "__await__")):
                 d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(as_coroutine(result))
                 # Trampoline: a Deferred that has fired already continues this

@@ -4,6 +4,9 @@ A :class:`StreamExchange` sends the request (through a callable the backend
 supplies), hands status, headers and body bytes to its
 :class:`~nous_twisted.streamcore.StreamCore`, and does what the core asks:
 pause, resume, abort, drain.  It never decodes.
+
+It is also the body's protocol (``Response.deliverBody``): one object per
+stream instead of two, and one call less per read.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 from .errors import NousHTTPError, TransportError
 from .exchange import BytesProducer
@@ -31,32 +35,13 @@ from .streamcore import StreamCore
 # consumer sees the end after the body's end, or after this at most).
 DRAIN_GRACE = 1.0
 
-
-class _Receiver(Protocol):
-    """Receives the body bytes; re-pauses on every chunk while asked to,
-    because deliverBody resumes the transport behind our back (twisted#9132)."""
-
-    def __init__(self, exchange: StreamExchange) -> None:
-        self.exchange = exchange
-        self.core = exchange.core
-
-    def connectionMade(self) -> None:
-        ex = self.exchange
-        ex._body_transport = self.transport
-        if ex.paused:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.exchange.paused:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-        self.core.data_received(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self.exchange._body_lost(reason)
+_DONE = Failure(ResponseDone())
 
 
+@implementer(IProtocol)
 class StreamExchange:
-    """One streaming request on the wire; the core's ByteSource."""
+    """One streaming request on the wire; the core's ByteSource, and the
+    protocol its response body is delivered to."""
 
     __slots__ = (
         "_aborted", "_body_over", "_body_transport", "_drain_timer", "_producer", "_request_d",
@@ -115,7 +100,27 @@ class StreamExchange:
         if self._aborted:  # the core refused the response at once
             response.deliverBody(_Discard())
             return
-        response.deliverBody(_Receiver(self))
+        response.deliverBody(self)
+
+    # -- the body's protocol ----------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        self._body_transport = transport
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        if self.paused:
+            self._body_transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        # Re-paused on every chunk while paused: deliverBody resumes the
+        # transport behind our back (twisted#9132).
+        if self.paused:
+            self._body_transport.pauseProducing()
+        self.core.data_received(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._body_lost(reason)
 
     def _request_failed(self, failure: Failure) -> None:
         self._request_d = None

@@ -44,7 +44,6 @@ Timers, on an injected clock:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -88,6 +87,11 @@ END: Any = _Marker("END")
 MAX_ERROR_BODY = 1024 * 1024
 # Of a 2xx body that is not an event stream, this much is kept for the error.
 SNIFF_BYTES = 1024
+
+# The queue of a stream with nothing queued (and the kept bytes of one not
+# collecting an error body).  Shared, so never mutated: an empty queue is
+# replaced (by the decoder's own list), never appended to.
+_EMPTY: list[Any] = []
 
 
 class ByteSource(Protocol):
@@ -150,11 +154,14 @@ class StreamCore:
         self._eof_pending = False  # the body ended; compressed bytes still to expand
         # COLLECTING: the bytes kept, how many arrived, how many to keep, and
         # what to make of them
-        self._kept: list[bytes] = []
+        self._kept: list[bytes] = _EMPTY  # a list of its own from _collect() on
         self._kept_size = 0
         self._collected = 0
         self._collect_limit = 0
-        self._queue: deque[Any] = deque()
+        # The events not yet taken, the next one LAST: a list popped from its
+        # end, not a deque (624 bytes even when empty, on every open stream).
+        # The decoder's list of a read is adopted, reversed in place.
+        self._queue: list[Any] = _EMPTY
         self._terminal: Terminal | None = None
         # the waiting reader: a Deferred (wait()) or a plain callable (when_ready())
         self._waiter: Any = None
@@ -172,7 +179,7 @@ class StreamCore:
         self.bytes_received = 0
 
     def __repr__(self) -> str:
-        return f"<StreamCore {self.url} {self._state}, {len(self._queue)} buffered>"
+        return f"<StreamCore {self.url} {self._state}, {self.buffered} buffered>"
 
     # ------------------------------------------------------------------
     # the byte source's side
@@ -226,6 +233,26 @@ class StreamCore:
         inflater = self._inflater
         if inflater is None:
             self._decode(data)
+            if self._state is RECEIVING:
+                # The common case, inline: one read, its events (if any)
+                # queued, the stream still running.
+                w = self._waiter
+                if w is not None and not self._consumer_paused:
+                    if self._queue:
+                        self._waiter = None
+                        self._asked_at = self._seconds()
+                        if type(w) is Deferred:
+                            w.callback(None)
+                        else:
+                            w()
+                        if self._state is not RECEIVING:
+                            return
+                        if self._waiter is not None and not self._consumer_paused and not self._queue:
+                            return  # it took them all and waits again: read on
+                    else:
+                        return  # the reader waits, nothing to give it: read on
+                self._after_chunk()
+                return
         else:
             try:
                 inflater.push(data)
@@ -272,7 +299,7 @@ class StreamCore:
 
     def abort_for_shutdown(self) -> None:
         if self._terminal is None:
-            self._queue.clear()
+            self._clear()
             self._consumer_paused = False
             self._end(StreamError(TransportError(f"the stream from {self.url} was aborted by shutdown()")), abort=True)
             self._notify()
@@ -292,13 +319,26 @@ class StreamCore:
             if self._count_since is not None:
                 self._count_since = self._seconds()
         if items:
-            q = self._queue
-            q.extend(items)
-            if len(q) > self.max_buffered:
-                self.max_buffered = len(q)
+            self._push(items)
         terminal = decoder.terminal
         if terminal is not None:
             self._end(terminal, abort=isinstance(terminal, StreamError))
+
+    def _push(self, items: list[Any]) -> None:
+        """Queue ``items``, a list the caller gives away (the decoder makes a
+        new one per call)."""
+        items.reverse()
+        q = self._queue
+        if q:
+            q[0:0] = items  # behind the events already queued
+        else:
+            # An empty queue is replaced, never mutated: it may be _EMPTY.
+            self._queue = q = items
+        if len(q) > self.max_buffered:
+            self.max_buffered = len(q)
+
+    def _clear(self) -> None:
+        self._queue = _EMPTY
 
     def _inflate(self) -> None:
         """Expand already-read compressed bytes, one bounded step at a time,
@@ -307,7 +347,7 @@ class StreamCore:
         assert inflater is not None
         decode_more = self._policy.decode_more
         try:
-            while self._state is RECEIVING and inflater.has_output and decode_more(len(self._queue)):
+            while self._state is RECEIVING and inflater.has_output and decode_more(self.buffered):
                 out = inflater.pull(STEP)
                 if not out:
                     break
@@ -328,13 +368,16 @@ class StreamCore:
             except NousHTTPError as e:
                 self._end(StreamError(e), abort=False)
                 return
-        self._queue.extend(decoder.finish())
+        last = decoder.finish()
+        if last:
+            self._push(list(last))
         assert decoder.terminal is not None
         self._end(decoder.terminal, abort=False)
 
     # -- collecting a body to report --------------------------------------
 
     def _collect(self, limit: int) -> None:
+        self._kept = []
         self._state = COLLECTING
         self._collect_limit = limit
 
@@ -364,7 +407,7 @@ class StreamCore:
 
     def _collected_all(self, abort: bool) -> None:
         body = b"".join(self._kept)
-        self._kept = []
+        self._kept = _EMPTY
         assert self.status is not None and self.headers is not None
         if 200 <= self.status < 300:
             ctype = (self.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
@@ -445,7 +488,7 @@ class StreamCore:
             if self._state is not RECEIVING or inflater.has_output:
                 return
         source = self._source
-        if source is not None and source.paused and self._policy.may_resume(len(self._queue), self._waiting()):
+        if source is not None and source.paused and self._policy.may_resume(self.buffered, self._waiting()):
             source.resume_reading()
             self._start_counting()
 
@@ -455,16 +498,16 @@ class StreamCore:
     def take(self) -> Any:
         """The next event, the terminal event, NOTHING (none ready: wait()),
         or END (the terminal event was taken)."""
-        if self._consumer_paused:
-            return NOTHING
         q = self._queue
-        if q:
-            event = q.popleft()
+        if q and not self._consumer_paused:
+            event = q.pop()
             self._asked_at = self._seconds()
             source = self._source
             if source is not None and source.paused and self._state is RECEIVING:
                 self._refill()
             return event
+        if self._consumer_paused:
+            return NOTHING
         state = self._state
         if state is ENDED:
             self._state = DELIVERED
@@ -534,7 +577,7 @@ class StreamCore:
         state = self._state
         if state is DELIVERED:
             return
-        self._queue.clear()
+        self._clear()
         # A consumer that stops a stream it holds paused (a transport whose
         # peer left) still gets the end: else its reader would wait for ever.
         self._consumer_paused = False
@@ -595,8 +638,8 @@ class StreamCore:
         if self._seconds() - self._asked_at < self._max_pause:
             self._arm_stall_timer()
             return
-        buffered = len(self._queue)
-        self._queue.clear()
+        buffered = self.buffered
+        self._clear()
         # Delivered even to a paused consumer: waiting for a resume that may
         # never come would hang it.
         self._consumer_paused = False
