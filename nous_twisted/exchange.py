@@ -33,6 +33,15 @@ log = Logger(namespace="nous_twisted")
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 
 
+#: Methods sent without a body: no producer, hence no ``Content-Length: 0``.
+BODYLESS_METHODS = frozenset((b"GET", b"HEAD"))
+
+
+def body_for(request: HTTPRequest, body: BytesProducer) -> BytesProducer | None:
+    """The body producer to send ``request`` with: None for a GET."""
+    return None if request.method in BODYLESS_METHODS else body
+
+
 @implementer(IBodyProducer)
 class BytesProducer:
     """A request body already in memory, written in one go.

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ..exchange import BytesProducer, PostExchange
+from ..exchange import BytesProducer, PostExchange, body_for
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
 from ..request import HTTPRequest
@@ -101,8 +101,9 @@ def _treq_url(request: HTTPRequest) -> Any:
 
 
 def treq_send(client: HTTPClient, request: HTTPRequest, body: BytesProducer, reactor: Any) -> Deferred[Any]:
-    """POST through treq with an unbuffered response (the body is read by
-    the caller, under its own limits) and without following redirects."""
+    """Send ``request`` (its ``method``; a GET without a body) through treq
+    with an unbuffered response (the body is read by the caller, under its own
+    limits) and without following redirects."""
     headers = request.twisted_headers()
     accept = headers.getRawHeaders(b"accept-encoding")
     if accept:
@@ -110,10 +111,10 @@ def treq_send(client: HTTPClient, request: HTTPRequest, body: BytesProducer, rea
         headers.removeHeader(b"accept-encoding")
         headers.setRawHeaders(b"x-nous-twisted-accept-encoding", accept)
     d: Deferred[Any] = client.request(
-        "POST",
+        request.method.decode("ascii"),
         _treq_url(request),
         headers=headers,
-        data=body,
+        data=body_for(request, body),
         allow_redirects=False,
         unbuffered=True,
         reactor=reactor,
