@@ -16,7 +16,8 @@ Reuse is where pools hurt their users, so a connection is checked twice:
 
 A request that still fails on a reused connection before any response byte is
 sent again, once, on a fresh connection when it provably was not processed:
-it was not completely written, or it carries an ``Idempotency-Key``.
+it was not completely written, or it carries an ``Idempotency-Key``; a GET
+(which has no body and changes nothing) is always safe to send again.
 
 The connect phase of a request (waiting for a slot, DNS, TCP connect, TLS
 handshake) is bounded here, because only the pool sees where it ends.  The
@@ -587,7 +588,12 @@ def _safe_to_resend(exc: BaseException, request: Any) -> bool:
             return False
     if isinstance(exc, (RequestNotSent, RequestTransmissionFailed)):
         return True  # never completely written: the server cannot have acted on it
+    if getattr(request, "method", None) in _REPLAYABLE:
+        return True  # safe by definition, and sent without a body (Go's isReplayable)
     return request.headers.hasHeader(b"idempotency-key")  # type: ignore[no-any-return]
+
+
+_REPLAYABLE = frozenset((b"GET", b"HEAD"))
 
 
 class _Attempt:

@@ -450,3 +450,63 @@ async def test_get_on_the_wire(backend: str) -> None:
         assert rest == b""
     finally:
         await raw.stop()
+
+
+class _SecondRequestDropped(Protocol):
+    """Answers the first request of each connection (keep-alive), and closes
+    the connection without a reply when a second one arrives on it."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1  # type: ignore[attr-defined]
+        self.buffer = b""
+        self.answered = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
+            self.factory.requests.append(head.split(b" ", 1)[0])  # type: ignore[attr-defined]
+            if self.answered:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            self.answered += 1
+            self.transport.write(  # type: ignore[union-attr]
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_get_dropped_on_a_reused_connection_is_sent_again_once(backend: str) -> None:
+    from twisted.internet.protocol import Factory
+
+    factory = Factory.forProtocol(_SecondRequestDropped)
+    factory.noisy = False
+    factory.connections = 0  # type: ignore[attr-defined]
+    factory.requests = []  # type: ignore[attr-defined]
+    port = get_reactor().listenTCP(0, factory, interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}/v1/models"
+    make = BACKEND_OBJECTS[backend]
+    try:
+        get = dataclasses.replace(prepare(url, b"", None), method=b"GET")
+        assert (await make().post(get, timeout=10, connect_timeout=10)).body == b"{}"
+        # the pooled connection drops the next request: a GET goes again on a fresh one
+        assert (await make().post(get, timeout=10, connect_timeout=10)).body == b"{}"
+        assert factory.requests == [b"GET", b"GET", b"GET"]  # type: ignore[attr-defined]
+        assert factory.connections == 2  # type: ignore[attr-defined]
+        # a POST without an Idempotency-Key is not: the server may have acted on it
+        with pytest.raises(nous_twisted.TransportError):
+            await make().post(prepare(url, CHAT, None), timeout=10, connect_timeout=10)
+        assert factory.requests[-1] == b"POST"  # type: ignore[attr-defined]
+        assert factory.connections == 2  # type: ignore[attr-defined]
+    finally:
+        await nous_twisted.shutdown()
+        await port.stopListening()
