@@ -510,3 +510,37 @@ async def test_get_dropped_on_a_reused_connection_is_sent_again_once(backend: st
     finally:
         await nous_twisted.shutdown()
         await port.stopListening()
+
+
+# -- no cyclic garbage per post -------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_a_finished_post_leaves_nothing_for_the_cycle_collector(backend: str) -> None:
+    """Every post used to leave its exchange, collector, response, request
+    and headers in reference cycles: work for the cyclic GC, whose passes
+    grow with everything else alive.  Success and failure alike."""
+    import gc
+
+    from .helpers import refused_url
+
+    srv = EchoServer()
+    refused = await refused_url()
+    try:
+        await post(srv.url, CHAT, backend=backend)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(10):
+                await post(srv.url, {"i": i}, backend=backend)
+            with pytest.raises(nous_twisted.ConnectError):
+                await post(refused, CHAT, backend=backend)
+            gc.collect()
+            left = sorted({type(o).__name__ for o in gc.garbage} & {"PostExchange", "_BodyCollector", "BytesProducer"})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert left == [], f"left in cycles: {left}"
+    finally:
+        await srv.stop()
