@@ -295,15 +295,31 @@ class _Gather:
         return b"".join(self.parts)
 
 
-def _gather(transport: Any) -> _Gather | None:
+def _gather(transport: Any, known: bool = False) -> _Gather | None:
     """Start gathering a request's writes on ``transport``, when it is one
-    whose writes can be sent at once (see :func:`write_hook_present`)."""
-    if _tcp_ok(transport):
-        if _tcp_idle(transport):
-            return _Gather(transport)
-    elif _tls_ok(transport) and not transport._aggregator._buffer and _tcp_idle(transport.transport):
+    whose writes can be sent at once (see :func:`write_hook_present`).
+    ``known``: its kind was checked on an earlier request of the connection;
+    only what changes between requests is checked again."""
+    d = transport.__dict__
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        if not (known or _tls_ok(transport)):
+            return None
+        aggregator = transport._aggregator
+        tcp = transport.transport
+        if (
+            aggregator._buffer
+            or d.get("write") != aggregator.write
+            or "writeSequence" in d
+            or "write" in tcp.__dict__
+            or not _tcp_idle(tcp)
+        ):
+            return None
         return _Gather(transport)
-    return None
+    if not (known or _tcp_ok(transport)):
+        return None
+    if "write" in d or "writeSequence" in d or not _tcp_idle(transport):
+        return None
+    return _Gather(transport)
 
 
 def _flush(gather: _Gather) -> None:
@@ -434,6 +450,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
     _lost: Deferred[None] | None = None
     _head_bytes = 0
     _head_error: TransportError | None = None
+    _fast_write: bool | None = None  # the transport's kind for the write path, checked on first use
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
@@ -461,7 +478,13 @@ class _PooledProtocol(HTTP11ClientProtocol):
     # -- the response head's limits -------------------------------------------
 
     def request(self, request: Any) -> Deferred[Any]:
-        gather = _gather(self.transport) if self._state == "QUIESCENT" else None
+        gather = None
+        if self._state == "QUIESCENT" and self._fast_write is not False:
+            if self._fast_write is None:
+                # Once per connection: is its transport one the write path knows?
+                self._fast_write = write_hook_present(self.transport)
+            if self._fast_write:
+                gather = _gather(self.transport, known=True)
         try:
             d: Deferred[Any] = super().request(request)
         except BaseException:
