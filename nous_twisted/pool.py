@@ -112,11 +112,15 @@ def is_closing(transport: Any) -> bool:
     """True when a connection is aborting, closing or closed, at any layer."""
     if transport is None:
         return True
-    for layer in _layers(transport):
+    layer = transport
+    for _ in range(4):  # a loop, not _layers(): this runs several times per request
         if getattr(layer, "disconnecting", False) or getattr(layer, "disconnected", False):
             return True
         if getattr(layer, "_aborted", False) or getattr(layer, "_aborting", False):
             return True
+        layer = getattr(layer, "transport", None)
+        if layer is None:
+            break
     return False
 
 
@@ -124,8 +128,10 @@ def is_readable(transport: Any) -> bool:
     """True when an idle connection's socket has something to read: the
     server closed it (EOF) or sent bytes nobody asked for.  Either way it
     must not carry another request."""
-    for layer in _layers(transport):
+    layer = transport
+    for _ in range(4):
         sock = getattr(layer, "socket", None)
+        layer = getattr(layer, "transport", None)
         if isinstance(sock, socket.socket):
             try:
                 sock.recv(1, _PEEK)
@@ -451,6 +457,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
     _head_bytes = 0
     _head_error: TransportError | None = None
     _fast_write: bool | None = None  # the transport's kind for the write path, checked on first use
+    _fast_head: bool | None = None  # Twisted's parser proxy where _HeadProxy replaces it, checked on first use
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
@@ -502,7 +509,9 @@ class _PooledProtocol(HTTP11ClientProtocol):
             self._head_bytes = 0
             parser.MAX_LENGTH = MAX_HEADER_LINE
             parser.lineLengthExceeded = self._line_too_long  # type: ignore[method-assign]
-            if head_hook_present(self):
+            if self._fast_head is None:
+                self._fast_head = head_hook_present(self)  # once per connection
+            if self._fast_head and type(self._transportProxy) is TransportProxyProducer:
                 proxy = _HeadProxy(self.transport)
                 self._transportProxy = proxy
                 parser.transport = proxy  # type: ignore[assignment]
