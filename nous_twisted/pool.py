@@ -28,6 +28,14 @@ synchronously through Agent, treq and their wrappers.
 Response heads are bounded too (:data:`MAX_HEADER_LINE`,
 :data:`MAX_HEADER_BYTES`): Twisted accepts any number of header lines and
 reports a too-long line as a clean close.
+
+The pool's protocol also takes two round trips out of every request
+(issue 8): its bytes go out with one ``send()``, together with the other
+requests of the same reactor iteration, instead of through Twisted's
+write buffer (two ``epoll_ctl`` and an iteration); and the transport is
+not paused at the end of the response head when the reader resumes it at
+once (two more).  Both rest on private Twisted attributes, checked once per
+connection, with Twisted's own path where they are missing.
 """
 
 from __future__ import annotations
