@@ -42,7 +42,9 @@ from .tunnel import ProxyEndpoint
 # URLs the cache starts again rather than grow.
 MAX_CACHED_URLS = 256
 
-_Plan = tuple[URI, tuple[bytes, bytes, int], IStreamClientEndpoint, bytes]
+# parsed URI, pool key, endpoint, Host value, origin-form path (URI.originForm
+# runs urlunparse on every access)
+_Plan = tuple[URI, tuple[bytes, bytes, int], IStreamClientEndpoint, bytes, bytes]
 # (parsed URI, pool key, endpoint, Host value, request target as sent)
 _ProxyPlan = tuple[URI, tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint, bytes, bytes]
 
@@ -88,7 +90,7 @@ class SharedAgent(Agent):
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = self._getEndpoint(parsed)  # type: ignore[no-untyped-call]
-        plan = (parsed, key, endpoint, self._computeHostValue(*key))  # type: ignore[no-untyped-call]
+        plan = (parsed, key, endpoint, self._computeHostValue(*key), parsed.originForm)  # type: ignore[no-untyped-call]
         if len(self._plans) >= MAX_CACHED_URLS:
             self._plans.clear()
         self._plans[uri] = plan
@@ -166,10 +168,10 @@ class SharedAgent(Agent):
                 plan = self._plan(uri)
             except SchemeNotSupported:
                 return fail()
-        parsed, key, endpoint, host = plan
+        parsed, key, endpoint, host, path = plan
         if headers is None:
             headers = Headers()
         if not headers.hasHeader(b"host"):
             # The library's own Headers, made for this request: no copy needed.
             headers.addRawHeader(b"host", host)
-        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer, parsed.originForm)
+        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer, path)

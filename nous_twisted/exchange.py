@@ -34,6 +34,15 @@ log = Logger(namespace="nous_twisted")
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 
 
+#: Methods sent without a body: no producer, hence no ``Content-Length: 0``.
+BODYLESS_METHODS = frozenset((b"GET", b"HEAD"))
+
+
+def body_for(request: HTTPRequest, body: BytesProducer) -> BytesProducer | None:
+    """The body producer to send ``request`` with: None for a GET."""
+    return None if request.method in BODYLESS_METHODS else body
+
+
 @implementer(IBodyProducer)
 class BytesProducer:
     """A request body already in memory, written in one go.
@@ -249,7 +258,7 @@ class PostExchange:
             except NousHTTPError as e:
                 err = e
             else:
-                self.result.callback(RawResponse(response.code, response.headers, body))
+                self._settle().callback(RawResponse(response.code, response.headers, body))
                 return
         if err is None:
             err = StreamTruncated(
@@ -270,4 +279,19 @@ class PostExchange:
         # The caller receives this failure and decides what it means: log it
         # for debugging only.
         log.debug("POST {url} failed: {error}", url=self.url, error=str(failure.value))
-        self.result.errback(failure)
+        self._settle().errback(failure)
+
+    def _settle(self) -> Deferred[RawResponse]:
+        """The result Deferred, about to fire: let go of everything else.
+
+        The exchange and its body collector refer to each other.  Left as
+        they are, every post leaves ~20 objects (response, request, headers,
+        Deferreds) for the cyclic garbage collector, whose passes then cost
+        more than any other part of a post at high concurrency; cut here,
+        they are freed as soon as the caller is done.
+        """
+        d = self.result
+        self._collector = None
+        self._response = None
+        self._request_d = None
+        return d

@@ -16,7 +16,8 @@ Reuse is where pools hurt their users, so a connection is checked twice:
 
 A request that still fails on a reused connection before any response byte is
 sent again, once, on a fresh connection when it provably was not processed:
-it was not completely written, or it carries an ``Idempotency-Key``.
+it was not completely written, or it carries an ``Idempotency-Key``; a GET
+(which has no body and changes nothing) is always safe to send again.
 
 Two phases before a request is sent are bounded here, because only the pool
 sees where they end: the wait for a slot (``pool_timeout``, None = as long as
@@ -30,6 +31,14 @@ synchronously through Agent, treq and their wrappers.
 Response heads are bounded too (:data:`MAX_HEADER_LINE`,
 :data:`MAX_HEADER_BYTES`): Twisted accepts any number of header lines and
 reports a too-long line as a clean close.
+
+The pool's protocol also takes two round trips out of every request
+(issue 8): its bytes go out with one ``send()``, together with the other
+requests of the same reactor iteration, instead of through Twisted's
+write buffer (two ``epoll_ctl`` and an iteration); and the transport is
+not paused at the end of the response head when the reader resumes it at
+once (two more).  Both rest on private Twisted attributes, checked once per
+connection, with Twisted's own path where they are missing.
 """
 
 from __future__ import annotations
@@ -46,7 +55,9 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.tcp import Connection as tcp_Connection
 from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     BODY,
@@ -72,6 +83,10 @@ SHUTDOWN_WAIT = 5.0
 # large_client_header_buffers and Go's DefaultMaxHeaderBytes are of this size).
 MAX_HEADER_LINE = 64 * 1024
 MAX_HEADER_BYTES = 256 * 1024
+
+
+# socket.MsgFlag members OR-ed on every call cost an enum construction.
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 def _layers(transport: Any) -> Any:
@@ -110,11 +125,15 @@ def is_closing(transport: Any) -> bool:
     """True when a connection is aborting, closing or closed, at any layer."""
     if transport is None:
         return True
-    for layer in _layers(transport):
+    layer = transport
+    for _ in range(4):  # a loop, not _layers(): this runs several times per request
         if getattr(layer, "disconnecting", False) or getattr(layer, "disconnected", False):
             return True
         if getattr(layer, "_aborted", False) or getattr(layer, "_aborting", False):
             return True
+        layer = getattr(layer, "transport", None)
+        if layer is None:
+            break
     return False
 
 
@@ -122,11 +141,13 @@ def is_readable(transport: Any) -> bool:
     """True when an idle connection's socket has something to read: the
     server closed it (EOF) or sent bytes nobody asked for.  Either way it
     must not carry another request."""
-    for layer in _layers(transport):
+    layer = transport
+    for _ in range(4):
         sock = getattr(layer, "socket", None)
+        layer = getattr(layer, "transport", None)
         if isinstance(sock, socket.socket):
             try:
-                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                sock.recv(1, _PEEK)
                 return True  # bytes, or b"" for EOF
             except (BlockingIOError, InterruptedError):
                 return False
@@ -250,6 +271,249 @@ class _Slot:
             self.pool._slot_released(self)
 
 
+# -- the write path: one send() per request (issue 8) ----------------------------
+#
+# Twisted's socket transport never writes at once: ``write()`` queues the bytes
+# and registers the socket for writability (an ``epoll_ctl``), the next reactor
+# iteration sends them and unregisters it (another ``epoll_ctl``); over TLS the
+# BufferingTLSTransport first waits a ``callLater(0)`` to gather small writes.
+# A request is written synchronously (headers, then the body producer's one
+# write), so the pool's protocol gathers what one ``request()`` writes and
+# sends it with one ``send()`` right away, queueing only what the kernel does
+# not take (as asyncio's transports do).  This relies on private attributes of
+# ``twisted.internet.tcp.Connection`` and ``BufferingTLSTransport``;
+# :func:`write_hook_present` says whether they are there, and where they are
+# not the writes go through Twisted's path unchanged (tests/test_post_fastpath.py
+# fails loudly then).
+
+_TCP_ATTRS = ("dataBuffer", "_tempDataBuffer", "_writeDisconnected", "socket", "connected", "disconnecting")
+
+
+def _tcp_ok(tcp: Any) -> bool:
+    return (
+        isinstance(tcp, tcp_Connection)
+        and all(hasattr(tcp, a) for a in _TCP_ATTRS)
+        and "write" not in tcp.__dict__
+        and "writeSequence" not in tcp.__dict__
+    )
+
+
+def _tls_ok(tls: Any) -> bool:
+    aggregator = getattr(tls, "_aggregator", None)
+    return (
+        isinstance(tls, BufferingTLSTransport)
+        and isinstance(getattr(aggregator, "_buffer", None), list)
+        and tls.__dict__.get("write") == aggregator.write  # type: ignore[union-attr]
+        and "writeSequence" not in tls.__dict__
+        and _tcp_ok(tls.transport)
+    )
+
+
+def write_hook_present(transport: Any) -> bool:
+    """Whether requests on ``transport`` (a socket transport, or Twisted's TLS
+    over one) are sent with one ``send()`` by the pool's protocol."""
+    return _tcp_ok(transport) or _tls_ok(transport)
+
+
+def _tcp_idle(tcp: Any) -> bool:
+    """Nothing queued and open for writing: bytes sent now keep their order."""
+    return bool(
+        tcp.connected
+        and not tcp.disconnecting
+        and not tcp._writeDisconnected
+        and not getattr(tcp, "_aborting", False)
+        and not tcp.dataBuffer
+        and not tcp._tempDataBuffer
+    )
+
+
+def _send_now(tcp: Any, data: bytes) -> None:
+    """Write ``data`` on a socket transport with one ``send()``; what the
+    kernel does not take (or an error) goes through Twisted's own write, which
+    queues it, or meets the error again and reports the connection lost."""
+    if not data:
+        return
+    if _tcp_idle(tcp):
+        try:
+            sent = tcp.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    tcp.write(data)
+
+
+class _Gather:
+    """Holds what one layer is asked to write while a request is written."""
+
+    __slots__ = ("layer", "parts", "saved_write")
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.parts: list[bytes] = []
+        self.saved_write = layer.__dict__.get("write")
+        layer.write = self.parts.append
+        layer.writeSequence = self.parts.extend
+
+    def end(self) -> bytes:
+        """Put the layer's own write back; the bytes gathered, joined."""
+        layer = self.layer
+        d = layer.__dict__
+        if d.get("write") == self.parts.append:
+            if self.saved_write is None:
+                del layer.write
+            else:
+                layer.write = self.saved_write
+        if d.get("writeSequence") == self.parts.extend:
+            del layer.writeSequence
+        return b"".join(self.parts)
+
+
+def _gather(transport: Any, known: bool = False) -> _Gather | None:
+    """Start gathering a request's writes on ``transport``, when it is one
+    whose writes can be sent at once (see :func:`write_hook_present`).
+    ``known``: its kind was checked on an earlier request of the connection;
+    only what changes between requests is checked again."""
+    d = transport.__dict__
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        if not (known or _tls_ok(transport)):
+            return None
+        aggregator = transport._aggregator
+        tcp = transport.transport
+        if (
+            aggregator._buffer
+            or d.get("write") != aggregator.write
+            or "writeSequence" in d
+            or "write" in tcp.__dict__
+            or not _tcp_idle(tcp)
+        ):
+            return None
+        return _Gather(transport)
+    if not (known or _tcp_ok(transport)):
+        return None
+    if "write" in d or "writeSequence" in d or not _tcp_idle(transport):
+        return None
+    return _Gather(transport)
+
+
+def _flush(gather: _Gather) -> None:
+    data = gather.end()
+    layer = gather.layer
+    if not data or is_closing(layer):
+        # Aborted while the request was written (its producer failed):
+        # Twisted drops what an aborted transport had queued; so does this.
+        return
+    if isinstance(layer, TLSMemoryBIOProtocol):
+        tcp = layer.transport
+        if not _tcp_ok(tcp):
+            layer.write(data)
+            return
+        # One TLS write (not the aggregator's callLater(0)), its records
+        # gathered below and sent with one send().
+        below = _Gather(tcp)
+        try:
+            TLSMemoryBIOProtocol.write(layer, data)
+        finally:
+            out = below.end()
+        _send_now(tcp, out)
+    else:
+        _send_now(layer, data)
+
+
+class _Outbox:
+    """Requests written but not yet sent, sent together: back-to-back
+    ``send()`` calls rather than one between every two responses handled
+    (on loopback, or a busy server, each lone send also wakes the peer).
+
+    A request written while a pooled connection is inside ``dataReceived``
+    (the usual case: a response completes and its caller sends the next) is
+    sent when the outermost ``dataReceived`` returns; one written elsewhere
+    (a timer, the first request) at the end of this reactor iteration, with
+    one ``callLater(0)`` for all of them.
+    """
+
+    __slots__ = ("call", "depth", "gathers")
+
+    def __init__(self) -> None:
+        self.gathers: list[_Gather] = []
+        self.call: Any = None
+        self.depth = 0  # pooled protocols inside dataReceived, nested
+
+    def add(self, gather: _Gather) -> None:
+        self.gathers.append(gather)
+        if self.depth == 0 and self.call is None:
+            layer: Any = gather.layer
+            tcp: Any = layer.transport if isinstance(layer, TLSMemoryBIOProtocol) else layer
+            self.call = tcp.reactor.callLater(0, self._timer)
+
+    def _timer(self) -> None:
+        self.call = None
+        self.flush()
+
+    def flush(self) -> None:
+        while self.gathers:
+            gathers, self.gathers = self.gathers, []
+            for gather in gathers:
+                try:
+                    _flush(gather)
+                except Exception:
+                    log.failure("sending a request failed; its connection is closed")
+                    abort_transport(gather.layer)
+
+
+_OUTBOX = _Outbox()
+
+
+class _HeadProxy(TransportProxyProducer):
+    """The transport as the response parser sees it.
+
+    At the end of the response head Twisted's parser pauses the transport
+    (two ``epoll_ctl``) and ``deliverBody``, called by the exchange in the
+    same call stack, resumes it at once.  While the protocol holds this proxy
+    (during one ``dataReceived`` of the head), a pause is only noted, and
+    applied when ``dataReceived`` returns unless a resume came first: the
+    transport is paused whenever control goes back to the reactor exactly as
+    before, without the round trip in between.
+    """
+
+    __slots__ = ("holding", "pause_held")
+
+    def __init__(self, producer: Any) -> None:
+        super().__init__(producer)  # type: ignore[no-untyped-call]
+        self.holding = False
+        self.pause_held = False
+
+    def pauseProducing(self) -> None:
+        if self.holding:
+            self.pause_held = True
+        else:
+            super().pauseProducing()  # type: ignore[no-untyped-call]
+
+    def resumeProducing(self) -> None:
+        self.pause_held = False
+        super().resumeProducing()  # type: ignore[no-untyped-call]
+
+    def release(self) -> None:
+        self.holding = False
+        if self.pause_held:
+            self.pause_held = False
+            super().pauseProducing()  # type: ignore[no-untyped-call]
+
+
+def head_hook_present(protocol: Any) -> bool:
+    """Whether Twisted's client protocol still keeps the parser's transport
+    proxy where :class:`_PooledProtocol` replaces it."""
+    parser = getattr(protocol, "_parser", None)
+    proxy = getattr(protocol, "_transportProxy", None)
+    return (
+        parser is not None
+        and type(proxy) is TransportProxyProducer
+        and getattr(parser, "transport", None) is proxy
+        and not hasattr(parser, "response")
+    )
+
+
 @implementer(IHandshakeListener)
 class _PooledProtocol(HTTP11ClientProtocol):
     """HTTP11ClientProtocol that tells the pool when it closes and when its
@@ -261,6 +525,8 @@ class _PooledProtocol(HTTP11ClientProtocol):
     _lost: Deferred[None] | None = None
     _head_bytes = 0
     _head_error: TransportError | None = None
+    _fast_write: bool | None = None  # the transport's kind for the write path, checked on first use
+    _fast_head: bool | None = None  # Twisted's parser proxy where _HeadProxy replaces it, checked on first use
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
@@ -288,7 +554,23 @@ class _PooledProtocol(HTTP11ClientProtocol):
     # -- the response head's limits -------------------------------------------
 
     def request(self, request: Any) -> Deferred[Any]:
-        d: Deferred[Any] = super().request(request)
+        gather = None
+        if self._state == "QUIESCENT" and self._fast_write is not False:
+            if self._fast_write is None:
+                # Once per connection: is its transport one the write path knows?
+                self._fast_write = write_hook_present(self.transport)
+            if self._fast_write:
+                gather = _gather(self.transport, known=True)
+        try:
+            d: Deferred[Any] = super().request(request)
+        except BaseException:
+            if gather is not None:
+                _flush(gather)
+            raise
+        if gather is not None:
+            # Until the flush, whatever else is written on this transport is
+            # gathered after the request, in order.
+            _OUTBOX.add(gather)
         parser = self._parser
         if parser is not None:
             # Issue 8: a faster chunked decoder for this response (chunked.py).
@@ -296,6 +578,12 @@ class _PooledProtocol(HTTP11ClientProtocol):
             self._head_bytes = 0
             parser.MAX_LENGTH = MAX_HEADER_LINE
             parser.lineLengthExceeded = self._line_too_long  # type: ignore[method-assign]
+            if self._fast_head is None:
+                self._fast_head = head_hook_present(self)  # once per connection
+            if self._fast_head and type(self._transportProxy) is TransportProxyProducer:
+                proxy = _HeadProxy(self.transport)
+                self._transportProxy = proxy
+                parser.transport = proxy  # type: ignore[assignment]
         return d
 
     def _line_too_long(self, line: bytes) -> None:
@@ -310,12 +598,30 @@ class _PooledProtocol(HTTP11ClientProtocol):
             abort_transport(self.transport)
 
     def dataReceived(self, bytes: bytes) -> None:
+        box = _OUTBOX
+        box.depth += 1
+        try:
+            self._data_received(bytes)
+        finally:
+            box.depth -= 1
+            if not box.depth and box.gathers:
+                box.flush()
+
+    def _data_received(self, bytes: bytes) -> None:
         parser = self._parser
         if parser is None or parser.state == BODY or self._head_error is not None:
             super().dataReceived(bytes)  # type: ignore[no-untyped-call]
             return
         self._head_bytes += len(bytes)
-        super().dataReceived(bytes)  # type: ignore[no-untyped-call]
+        proxy = self._transportProxy
+        if type(proxy) is _HeadProxy:
+            proxy.holding = True
+            try:
+                super().dataReceived(bytes)  # type: ignore[no-untyped-call]
+            finally:
+                proxy.release()
+        else:
+            super().dataReceived(bytes)  # type: ignore[no-untyped-call]
         parser = self._parser
         if parser is not None and parser.state != BODY and self._head_bytes > MAX_HEADER_BYTES:
             self._head_failed(
@@ -383,7 +689,12 @@ def _safe_to_resend(exc: BaseException, request: Any) -> bool:
             return False
     if isinstance(exc, (RequestNotSent, RequestTransmissionFailed)):
         return True  # never completely written: the server cannot have acted on it
+    if getattr(request, "method", None) in _REPLAYABLE:
+        return True  # safe by definition, and sent without a body (Go's isReplayable)
     return request.headers.hasHeader(b"idempotency-key")  # type: ignore[no-any-return]
+
+
+_REPLAYABLE = frozenset((b"GET", b"HEAD"))
 
 
 class _Attempt:

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from ..exchange import BytesProducer, PostExchange
+from ..exchange import BytesProducer, PostExchange, body_for
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
 from ..request import HTTPRequest
@@ -17,8 +17,9 @@ from ..shared import get_shared
 
 
 def agent_send(agent: IAgent, request: HTTPRequest, body: BytesProducer) -> Deferred[Any]:
-    """POST through an Agent, the body written in one go."""
-    return agent.request(b"POST", request.url_bytes, request.twisted_headers(), body)
+    """Send ``request`` (its ``method``) through an Agent, the body written in
+    one go; a GET goes without a body (no producer, no ``Content-Length``)."""
+    return agent.request(request.method, request.url_bytes, request.twisted_headers(), body_for(request, body))
 
 
 @implementer(IHTTPBackend)
