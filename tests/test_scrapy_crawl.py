@@ -1,0 +1,216 @@
+"""Real Scrapy crawls of a loopback HTML site, enriched through FakeLLMServer.
+
+Each test runs ``scrapy crawl`` of the example project (tests/scrapy_project,
+the one docs/scrapy.md shows) in a subprocess, under the reactor this test
+session runs (``pytest``: the default reactor; ``pytest --reactor=asyncio``:
+the asyncio one), while this process serves the pages and the fake LLM.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.web import resource, server
+
+from nous_twisted.testing import Fault, FakeLLMServer, reply_tokens
+
+pytest.importorskip("scrapy", reason="Scrapy is not installed: pip install 'nous-twisted[scrapy]' to run the crawl tests")
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parent / "scrapy_project"
+PAGES = 200
+
+
+def get_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def asyncio_session() -> bool:
+    return type(get_reactor()).__name__ == "AsyncioSelectorReactor"
+
+
+class _Page(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        path = request.path.decode()
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        if path == "/":
+            links = "".join(f'<li><a class="page" href="/page/{i}">page {i}</a></li>' for i in range(PAGES))
+            return f"<html><body><ul>{links}</ul></body></html>".encode()
+        n = path.rsplit("/", 1)[-1]
+        return (
+            f"<html><body><h1>Page {n}</h1><p>Twisted reactors and Scrapy spiders, page {n}.</p>"
+            f"<p>Second paragraph.</p></body></html>"
+        ).encode()
+
+
+class Site:
+    def __init__(self) -> None:
+        site = server.Site(_Page())
+        site.log = lambda request: None  # type: ignore[method-assign]
+        self.port = get_reactor().listenTCP(0, site, interface="127.0.0.1")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/"
+
+
+class Crawl:
+    """What a finished ``scrapy crawl`` left: exit code, log, stats, items."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], items_file: Path) -> None:
+        self.returncode = proc.returncode
+        self.log = proc.stdout + proc.stderr
+        self.items = [json.loads(line) for line in items_file.read_text().splitlines()] if items_file.exists() else []
+        self.stats = parse_stats(self.log)
+
+    def nous(self) -> dict[str, Any]:
+        return {k: v for k, v in self.stats.items() if k.startswith("nous/")}
+
+
+def parse_stats(log: str) -> dict[str, Any]:
+    m = re.search(r"Dumping Scrapy stats:\n(\{.*?\})\n(?=\d{4}-\d\d-\d\d |\Z)", log, re.S)
+    if m is None:
+        return {}
+    text = re.sub(r"datetime\.\w+\([^)]*\)", "None", m.group(1))
+    stats: dict[str, Any] = ast.literal_eval(text)
+    return stats
+
+
+def scrapy_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOUS_", "SCRAPY_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), str(ROOT), env.get("PYTHONPATH", "")])
+    env["OPENAI_API_KEY"] = "sk-test"
+    env.update(extra or {})
+    return env
+
+
+def reactor_setting() -> str:
+    # Scrapy's default is the asyncio reactor; an empty value installs Twisted's default one.
+    return "twisted.internet.asyncioreactor.AsyncioSelectorReactor" if asyncio_session() else ""
+
+
+async def crawl(
+    tmp_path: Path, settings: dict[str, Any], *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Crawl:
+    items = tmp_path / "items.jsonl"
+    cmd = [sys.executable, "-m", "scrapy", "crawl", "pages", "-O", str(items), *args]
+    every = {"LOG_LEVEL": "INFO", "TWISTED_REACTOR": reactor_setting(), "TELNETCONSOLE_ENABLED": "False", **settings}
+    for name, value in every.items():
+        cmd += ["-s", f"{name}={value if isinstance(value, str) else json.dumps(value)}"]
+    proc = await deferToThread(
+        subprocess.run, cmd, cwd=PROJECT, env=scrapy_env(env), capture_output=True, text=True, timeout=100
+    )
+    return Crawl(proc, items)
+
+
+def assert_clean(result: Crawl) -> None:
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Unhandled error in Deferred" not in result.log, result.log[-3000:]
+    assert "Traceback" not in result.log, result.log[-3000:]
+    assert "Spider closed (finished)" in result.log, result.log[-3000:]
+
+
+ONLY_LABELS = json.dumps({"llm_enrich.pipelines.LabelPipeline": 300})
+ONLY_SUMMARIES = json.dumps({"llm_enrich.pipelines.SummaryPipeline": 400})
+
+
+def faults(server: FakeLLMServer) -> None:
+    server.inject(Fault(status=429, retry_after=0.1, times=5))
+    server.inject(Fault(status=500, times=3))
+    server.inject(Fault(stall_before_headers=True, times=2))
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_pipeline_enriches_every_item_through_faults(tmp_path: Path) -> None:
+    site = Site()
+    async with FakeLLMServer() as llm:
+        faults(llm)
+        result = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_TIMEOUT": "1.5",
+        }, args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert_clean(result)
+    assert len(result.items) == PAGES
+    failed = [i for i in result.items if "nous_error" in i]
+    assert len(failed) == 2
+    assert {f["nous_error"]["type"] for f in failed} == {"RequestTimeout"}
+    labelled = [i for i in result.items if "label" in i]
+    assert len(labelled) == PAGES - 2
+    assert all(i["label"] == "".join(reply_tokens(5)) for i in labelled)
+    assert all(i["request_id"].startswith("req_chatcmpl") for i in labelled)
+    assert result.nous() == {
+        "nous/request_count": PAGES,
+        "nous/response_count": PAGES - 2 + 8,
+        "nous/response_status_count/200": PAGES - 2,
+        "nous/response_status_count/429": 5,
+        "nous/response_status_count/500": 3,
+        "nous/retry/count": 8,
+        "nous/retry/reason_count/HTTP 429": 5,
+        "nous/retry/reason_count/HTTP 500": 3,
+        "nous/exception_count": 2,
+        "nous/exception_type_count/RequestTimeout": 2,
+        "nous/usage/prompt_tokens": 8 * (PAGES - 2),
+        "nous/usage/completion_tokens": 5 * (PAGES - 2),
+        **pool_stats_expected(result),
+    }
+    assert result.stats["item_scraped_count"] == PAGES
+
+
+def pool_stats_expected(result: Crawl) -> dict[str, Any]:
+    """The pool keys, when this version of the library reports them."""
+    import nous_twisted
+
+    if not hasattr(nous_twisted, "pool_stats"):
+        return {}
+    opened = result.stats.get("nous/pool/max_open")
+    assert isinstance(opened, int) and 1 <= opened <= 8
+    return {"nous/pool/max_open": opened, "nous/pool/max_waiting": result.stats.get("nous/pool/max_waiting")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_pipeline_enriches_every_item_through_faults(tmp_path: Path) -> None:
+    site = Site()
+    async with FakeLLMServer() as llm:
+        faults(llm)
+        result = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_SUMMARIES, "NOUS_TIMEOUT": "1.5",
+        }, args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert_clean(result)
+    assert len(result.items) == PAGES
+    failed = [i for i in result.items if "nous_error" in i]
+    assert len(failed) == 2
+    assert {f["nous_error"]["type"] for f in failed} == {"RequestTimeout"}
+    summarised = [i for i in result.items if "summary" in i]
+    assert len(summarised) == PAGES - 2
+    assert {i["summary"] for i in summarised} == {"".join(reply_tokens(12))}
+    nous = result.nous()
+    assert {k: v for k, v in nous.items() if not k.startswith("nous/pool/")} == {
+        "nous/request_count": PAGES,
+        "nous/response_count": PAGES - 2 + 8,
+        "nous/response_status_count/200": PAGES - 2,
+        "nous/response_status_count/429": 5,
+        "nous/response_status_count/500": 3,
+        "nous/retry/count": 8,
+        "nous/retry/reason_count/HTTP 429": 5,
+        "nous/retry/reason_count/HTTP 500": 3,
+        "nous/exception_count": 2,
+        "nous/exception_type_count/RequestTimeout": 2,
+        "nous/stream/event_count": 13 * (PAGES - 2),
+        "nous/stream/terminal_count/stop": PAGES - 2,
+        "nous/stream/terminal_count/RequestTimeout": 2,
+    }
