@@ -214,3 +214,160 @@ async def test_stream_pipeline_enriches_every_item_through_faults(tmp_path: Path
         "nous/stream/terminal_count/stop": PAGES - 2,
         "nous/stream/terminal_count/RequestTimeout": 2,
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_library_log_lines_reach_the_nous_twisted_logger(tmp_path: Path) -> None:
+    site = Site()
+    async with FakeLLMServer() as llm:
+        llm.inject(Fault(status=429, retry_after=0.1, times=1))
+        shown = await crawl(tmp_path, {"NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS},
+                            args=("-a", f"start_url={site.url}"))
+        llm.inject(Fault(status=429, retry_after=0.1, times=1))
+        quiet = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_LOG_LEVEL": "WARNING",
+        }, args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert_clean(shown)
+    assert_clean(quiet)
+    # Scrapy sends Twisted's log to the logger "twisted" at ERROR: the retry
+    # line would vanish there.  It arrives under the library's name, once.
+    assert shown.log.count("[nous_twisted] INFO: retrying POST") == 1
+    assert "[twisted]" not in shown.log
+    assert "Starting factory" not in shown.log
+    assert "[nous_twisted] INFO" not in quiet.log
+    assert quiet.stats["nous/retry/count"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorless_crawl_is_refused_once_at_start(tmp_path: Path) -> None:
+    site = Site()
+    result = await crawl(tmp_path, {"TWISTED_REACTOR_ENABLED": "False", "TWISTED_REACTOR": None},
+                         args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert result.returncode != 0
+    # Once: the add-on refuses the crawl before any item (asyncio prints the
+    # error's repr and then its traceback, whose last line is the message).
+    assert result.log.count("NousScrapyError: nous_twisted needs a Twisted reactor") == 1, result.log[-3000:]
+    assert result.items == []
+    assert "Error processing" not in result.log
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_limit_with_slow_calls_no_timeouts_and_bounded_waiting(tmp_path: Path) -> None:
+    site = Site()
+    # 5 tokens 20 ms apart: 0.1 s a call, 200 calls over 8 connections.  The
+    # wait for a connection is not part of NOUS_TIMEOUT: none may time out.
+    async with FakeLLMServer(token_delay=0.02) as llm:
+        result = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_MAX_CONNECTIONS": 8,
+            "NOUS_TIMEOUT": "2", "NOUS_RETRY_TIMES": 0,
+        }, args=("-a", f"start_url={site.url}"))
+        most_open = llm.max_open_connections
+    await site.port.stopListening()
+    assert_clean(result)
+    assert len(result.items) == PAGES
+    assert all("label" in i and "nous_error" not in i for i in result.items)
+    assert "nous/exception_count" not in result.stats
+    assert result.stats["nous/response_status_count/200"] == PAGES
+    assert 1 <= most_open <= 8
+    import nous_twisted
+
+    if hasattr(nous_twisted, "pool_stats"):
+        assert 1 <= result.stats["nous/pool/max_open"] <= 8
+        # SCRAPER_SLOT_MAX_ACTIVE_SIZE = 64 KiB counts each small page as
+        # 1 KiB: about 64 pages' items, plus the downloads under way
+        # (CONCURRENT_REQUESTS, 16), are in the pipeline at once.
+        assert result.stats["nous/pool/max_waiting"] <= 64 + 16
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_reports_calls_in_flight_and_aborts_them_after_close_timeout(tmp_path: Path) -> None:
+    site = Site()
+    async with FakeLLMServer() as llm:
+        llm.inject(Fault(stall_before_headers=True, times=None))
+        result = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_TIMEOUT": "120",
+            "NOUS_CLOSE_TIMEOUT": "1", "CLOSESPIDER_TIMEOUT": "2",
+        }, args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Unhandled error in Deferred" not in result.log
+    assert "Traceback" not in result.log, result.log[-3000:]
+    assert "Spider closed (closespider_timeout)" in result.log
+    m = re.search(r"closing: (\d+) LLM call\(s\) still in flight, the longest may take (\d+\.\d) s more; "
+                  r"aborting those left in 1 s \(NOUS_CLOSE_TIMEOUT\)", result.log)
+    assert m is not None, result.log[-3000:]
+    in_flight = int(m.group(1))
+    assert 115 <= float(m.group(2)) <= 120
+    assert f"NOUS_CLOSE_TIMEOUT (1 s) passed: aborted {in_flight} LLM call(s)" in result.log
+    assert result.stats["nous/close_aborted_count"] == in_flight
+    # Every item whose call was cut short went on, the error recorded.
+    assert len(result.items) == in_flight
+    assert {i["nous_error"]["type"] for i in result.items} == {"CancelledError"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_call_at_the_end_is_explained_in_the_log(tmp_path: Path) -> None:
+    site = Site()
+    async with FakeLLMServer() as llm:
+        llm.inject(Fault(stall_before_headers=True, times=1))
+        result = await crawl(tmp_path, {
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_TIMEOUT": "3",
+        }, args=("-a", f"start_url={site.url}"))
+    await site.port.stopListening()
+    assert_clean(result)
+    m = re.search(r"downloads are done; waiting for 1 LLM call\(s\) in item pipelines, "
+                  r"the longest for up to (\d+\.\d) s more \(NOUS_TIMEOUT\)", result.log)
+    assert m is not None, result.log[-3000:]
+    assert 0 < float(m.group(1)) < 3
+    assert [i["nous_error"]["type"] for i in result.items if "nous_error" in i] == ["RequestTimeout"]
+    assert len(result.items) == PAGES
+
+
+TWO_CRAWLS = '''
+import sys
+from scrapy.crawler import {runner}, Crawler
+from scrapy.utils.project import get_project_settings
+from llm_enrich.spiders.pages import PagesSpider
+
+settings = get_project_settings()
+settings.setdict({{"LOG_LEVEL": "INFO", "TWISTED_REACTOR": {reactor!r}, "TELNETCONSOLE_ENABLED": False,
+                  "NOUS_BASE_URL": {base!r}, "NOUS_HTTP_BACKEND": "treq",
+                  "ITEM_PIPELINES": {{"llm_enrich.pipelines.LabelPipeline": 300}}}}, priority="cmdline")
+process = {runner}(settings)
+for most in (4, 6):
+    one = settings.copy()
+    one.set("NOUS_MAX_CONNECTIONS", most, priority="cmdline")
+    # CrawlerProcess installs the reactor with its first crawler.
+    process.crawl(Crawler(PagesSpider, one, init_reactor=most == 4), start_url={start!r})
+process.start()
+'''
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_crawls_in_one_process_and_an_environment_override_are_logged(tmp_path: Path) -> None:
+    site = Site()
+    runner = "AsyncCrawlerProcess" if asyncio_session() else "CrawlerProcess"
+    async with FakeLLMServer() as llm:
+        script = tmp_path / "two.py"
+        script.write_text(TWO_CRAWLS.format(
+            runner=runner, reactor=reactor_setting(), base=llm.url + "/v1", start=site.url,
+        ))
+        proc = await deferToThread(
+            subprocess.run, [sys.executable, str(script)], cwd=PROJECT, capture_output=True, text=True, timeout=100,
+            env=scrapy_env({"NOUS_HTTP_BACKEND": "agent"}),
+        )
+    await site.port.stopListening()
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "Unhandled error in Deferred" not in log and "Traceback" not in log, log[-3000:]
+    assert log.count("Spider closed (finished)") == 2
+    assert log.count(
+        "[nous_twisted] WARNING: NOUS_MAX_CONNECTIONS differs between crawls in this process: 4 (spider 'pages') "
+        "and 6 (spider 'pages')"
+    ) == 1, log[-3000:]
+    assert log.count(
+        "[nous_twisted] INFO: the environment variable NOUS_HTTP_BACKEND='agent' overrides the crawl setting "
+        "NOUS_HTTP_BACKEND='treq'"
+    ) == 2
