@@ -37,7 +37,8 @@ from scrapy import signals
 from scrapy.exceptions import DropItem
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import LogLevel, STDLibLogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, STDLibLogObserver, globalLogPublisher
+from zope.interface import provider
 
 import nous_twisted
 from nous_twisted import (
@@ -187,6 +188,7 @@ def install_log_bridge() -> None:
     _bridge_installed = True
     forward = STDLibLogObserver(name="nous_twisted")
 
+    @provider(ILogObserver)
     def bridge(event: Any) -> None:
         if _ours(event):
             if str(event.get("log_format", "")).startswith(_FACTORY_NOISE):
@@ -534,13 +536,13 @@ class NousClient(Client):
     def with_options(self, **changes: Any) -> NousClient:
         return NousClient(**{**self._options, **changes}, calls=self._calls)
 
-    def post(self, url: str, body: Any, headers: Any = (), **options: Any) -> Deferred[Any]:  # type: ignore[override]
+    def post(self, url: str, body: Any, headers: Any = (), **options: Any) -> Deferred[Any]:
         d: Deferred[Any] = super().post(url, body, headers, **options)
         if self._calls is not None:
             self._calls.post(d, options.get("timeout", self.timeout))
         return d
 
-    def get(self, url: str, headers: Any = (), **options: Any) -> Deferred[Any]:  # type: ignore[override]
+    def get(self, url: str, headers: Any = (), **options: Any) -> Deferred[Any]:
         d: Deferred[Any] = super().get(url, headers, **options)
         if self._calls is not None:
             self._calls.post(d, options.get("timeout", self.timeout))
