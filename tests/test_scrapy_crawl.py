@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.web import resource, server
 
-from nous_twisted.testing import Fault, FakeLLMServer, reply_tokens
+from nous_twisted.testing import FakeLLMServer, Fault, reply_tokens
 
 pytest.importorskip("scrapy", reason="Scrapy is not installed: pip install 'nous-twisted[scrapy]' to run the crawl tests")
 
