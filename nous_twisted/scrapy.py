@@ -26,6 +26,7 @@ An integration is a user: this module imports only names that
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import weakref
@@ -533,6 +534,12 @@ class NousClient(Client):
         ext = crawler.get_extension(NousExtension) if hasattr(crawler, "get_extension") else None
         return cls(**client_options(crawler.settings), calls=ext.calls if ext is not None else None)
 
+    @property
+    def aborting(self) -> bool:
+        """True once the crawl's close has aborted the calls in flight
+        (``NOUS_CLOSE_TIMEOUT``): calls made from then on are aborted at once."""
+        return self._calls is not None and self._calls.aborting
+
     def with_options(self, **changes: Any) -> NousClient:
         return NousClient(**{**self._options, **changes}, calls=self._calls)
 
@@ -601,6 +608,13 @@ class LLMPipeline:
             reply = await self._call(url, body)
         except (NousHTTPError, CancelledError) as error:
             return self._failed(item, error)
+        except asyncio.CancelledError:
+            # Under the asyncio reactor a cancelled Deferred raises asyncio's
+            # CancelledError in the task.  When the close aborted the call,
+            # it is the call that failed, not the task: the item goes on.
+            if not (isinstance(self.client, NousClient) and self.client.aborting):
+                raise
+            return self._failed(item, CancelledError())
         return self.handle_reply(item, reply)
 
     async def _call(self, url: str, body: Any) -> Any:
@@ -632,7 +646,10 @@ def describe_error(error: BaseException) -> dict[str, Any]:
     ``status`` (HTTP errors, else None) and ``attempts``."""
     return {
         "type": type(error).__name__,
-        "message": str(error) or ("aborted at close" if isinstance(error, CancelledError) else ""),
+        "message": str(error) or (
+            "the call was aborted (NOUS_CLOSE_TIMEOUT passed while the spider closed)"
+            if isinstance(error, CancelledError) else ""
+        ),
         "status": getattr(error, "status", None),
         "attempts": getattr(error, "attempts", None),
     }
