@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError
 import nous_twisted
 from nous_twisted import PoolSettings, RetryPolicy
 from nous_twisted import settings as settings_module
-from nous_twisted.testing import Fault, FakeLLMServer, reply_tokens
+from nous_twisted.testing import FakeLLMServer, Fault, reply_tokens
 
 pytest.importorskip("scrapy", reason="Scrapy is not installed: pip install 'nous-twisted[scrapy]' to run these tests")
 
