@@ -303,10 +303,14 @@ async def test_a_stalled_call_at_the_end_is_explained_in_the_log(tmp_path: Path)
         }, args=("-a", f"start_url={site.url}"))
     await site.port.stopListening()
     assert_clean(result)
-    m = re.search(r"downloads are done; waiting for 1 LLM call\(s\) in item pipelines, "
+    # Logged once, at the first look after the downloads end (1 s): the
+    # stalled call, and on a busy machine some calls still under way.
+    m = re.search(r"downloads are done; waiting for (\d+) LLM call\(s\) in item pipelines, "
                   r"the longest for up to (\d+\.\d) s more \(NOUS_TIMEOUT\)", result.log)
     assert m is not None, result.log[-3000:]
-    assert 0 < float(m.group(1)) < 3
+    assert int(m.group(1)) >= 1
+    assert 0 < float(m.group(2)) <= 3
+    assert result.log.count("downloads are done") == 1
     assert [i["nous_error"]["type"] for i in result.items if "nous_error" in i] == ["RequestTimeout"]
     assert len(result.items) == PAGES
 
