@@ -296,6 +296,12 @@ class NousExtension:
         self.policy = retry_policy(settings)
         self.close_timeout = _number(settings, "NOUS_CLOSE_TIMEOUT", optional=True)
         self.values = _process_values(settings)
+        # A bad value stops the crawl here, at start, naming the setting, not
+        # at the first item of a pipeline built later.
+        client_options(settings)
+        on_error = _get(settings, "NOUS_ON_ERROR")
+        if on_error not in ON_ERROR:
+            raise NousScrapyError(f"NOUS_ON_ERROR must be one of 'keep', 'drop' or 'raise', not {on_error!r}")
         self.calls = _Calls(reactor.seconds)
         self._unsubscribe: Callable[[], None] | None = None
         self._watch: LoopingCall | None = None
@@ -317,7 +323,14 @@ class NousExtension:
     def _apply(self, settings: Any) -> None:
         level = settings.get("NOUS_LOG_LEVEL")
         if level:
-            logger.setLevel(str(level).upper())
+            name = str(level).upper()
+            if not isinstance(logging.getLevelName(name), int):
+                raise NousScrapyError(
+                    f"NOUS_LOG_LEVEL must be a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL), not {level!r}"
+                )
+            logger.setLevel(name)
+        else:
+            logger.setLevel(logging.NOTSET)  # LOG_LEVEL decides, through Scrapy's handler
         install_log_bridge()
         for name in ENVIRONMENT:
             env = os.environ.get(name)
