@@ -423,7 +423,7 @@ class NousExtension:
             engine = self.crawler.engine
         except RuntimeError:  # not started yet
             return
-        slot = getattr(engine, "_slot", None)
+        slot = getattr(engine, "_slot", None) or getattr(engine, "slot", None)
         if slot is not None and getattr(slot, "closing", None) is not None:
             self._closing()
         elif not self._waiting_logged and _only_items_left(engine):

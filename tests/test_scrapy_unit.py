@@ -4,6 +4,7 @@ and the example project as docs/scrapy.md shows it."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from scrapy.utils.test import get_crawler  # noqa: E402
 from nous_twisted.scrapy import (  # noqa: E402
     DEFAULTS,
     LLMPipeline,
+    NousAddon,
     NousClient,
     NousExtension,
     NousScrapyError,
@@ -38,6 +40,14 @@ from nous_twisted.scrapy import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path(__file__).resolve().parent / "scrapy_project"
+
+
+@pytest.fixture(autouse=True)
+def no_crawl_left() -> Any:
+    yield
+    # Extensions made here never see their engine stop.
+    NousExtension.running.clear()
+    logging.getLogger("nous_twisted").setLevel(logging.NOTSET)
 
 
 def get_reactor() -> Any:
@@ -213,7 +223,6 @@ async def test_extension_counts_calls_into_stats_and_configures() -> None:
             "ADDONS": {"nous_twisted.scrapy.NousAddon": 300}, "NOUS_BASE_URL": llm.url + "/v1",
             "NOUS_RETRY_TIMES": 1, "NOUS_MAX_CONNECTIONS": 3, "NOUS_POOL_IDLE_TIMEOUT": 1,
         })
-        crawler._apply_settings()
         ext = crawler.get_extension(NousExtension)
         assert ext is not None
         assert settings_module.current().pool == PoolSettings(max_connections=3, timeout=1000)
@@ -264,3 +273,34 @@ def test_docs_show_the_example_project_verbatim() -> None:
     assert files == sorted(shown), "docs/scrapy.md must show every file of tests/scrapy_project"
     for name in files:
         assert (PROJECT / name).read_text() == shown[name], f"docs/scrapy.md shows another {name}"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("NOUS_LOG_LEVEL", "LOUD", "NOUS_LOG_LEVEL must be a logging level"),
+        ("NOUS_ON_ERROR", "ignore", "NOUS_ON_ERROR must be one of 'keep', 'drop' or 'raise', not 'ignore'"),
+        ("NOUS_POOL_TIMEOUT", "-1", "NOUS_POOL_TIMEOUT must be a positive"),
+        ("NOUS_HTTP_BACKEND", "nosuch", "nosuch"),
+    ],
+)
+def test_a_bad_setting_stops_the_crawl_at_start(name: str, value: str, message: str) -> None:
+    # get_crawler() applies the settings, as a crawl does at start.
+    with pytest.raises((NousScrapyError, nous_twisted.BackendConfigError), match=re.escape(message)):
+        get_crawler(Spider, {"ADDONS": {"nous_twisted.scrapy.NousAddon": 300}, name: value})
+
+
+def test_the_add_on_refuses_a_crawl_without_reactor() -> None:
+    with pytest.raises(NousScrapyError, match="nous_twisted needs a Twisted reactor, and this crawl sets "
+                                              "TWISTED_REACTOR_ENABLED = False"):
+        NousAddon().update_settings(Settings({"TWISTED_REACTOR_ENABLED": False}))
+    settings = Settings()
+    NousAddon().update_settings(settings)
+    assert settings.getdict("EXTENSIONS") == {"nous_twisted.scrapy.NousExtension": 0}
+
+
+def test_log_level_setting() -> None:
+    get_crawler(Spider, {"ADDONS": {"nous_twisted.scrapy.NousAddon": 300}, "NOUS_LOG_LEVEL": "warning"})
+    assert logging.getLogger("nous_twisted").level == logging.WARNING
+    get_crawler(Spider, {"ADDONS": {"nous_twisted.scrapy.NousAddon": 300}})
+    assert logging.getLogger("nous_twisted").level == logging.NOTSET
