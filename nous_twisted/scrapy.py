@@ -270,7 +270,11 @@ class NousAddon:
                 "Remove that setting (the asyncio reactor, Scrapy's default, works), or remove "
                 "'nous_twisted.scrapy.NousAddon' from ADDONS."
             )
-        settings["EXTENSIONS"]["nous_twisted.scrapy.NousExtension"] = 0
+        add = getattr(settings, "setdefault_in_component_priority_dict", None)
+        if add is not None:
+            add("EXTENSIONS", NousExtension, 0)
+        else:  # pragma: no cover - Scrapy before the component-dict helpers
+            settings["EXTENSIONS"]["nous_twisted.scrapy.NousExtension"] = 0
 
 
 class NousExtension:

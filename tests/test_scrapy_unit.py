@@ -296,7 +296,11 @@ def test_the_add_on_refuses_a_crawl_without_reactor() -> None:
         NousAddon().update_settings(Settings({"TWISTED_REACTOR_ENABLED": False}))
     settings = Settings()
     NousAddon().update_settings(settings)
-    assert settings.getdict("EXTENSIONS") == {"nous_twisted.scrapy.NousExtension": 0}
+    assert settings.getdict("EXTENSIONS") == {NousExtension: 0}
+    # Also when EXTENSIONS came from the command line, as a JSON string.
+    settings = Settings({"EXTENSIONS": '{"scrapy.extensions.logstats.LogStats": 10}'})
+    NousAddon().update_settings(settings)
+    assert settings.getdict("EXTENSIONS") == {"scrapy.extensions.logstats.LogStats": 10, NousExtension: 0}
 
 
 def test_log_level_setting() -> None:
