@@ -8,8 +8,9 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IAgent
 
 from . import settings as _settings
-from .client import Client
+from .client import UNSET, Client
 from .eventstream import EventStream
+from .proxy import parse_proxy_url
 from .request import HeadersArg
 from .resolve import check_config
 from .response import Reply
@@ -18,7 +19,7 @@ from .settings import PoolSettings, Settings
 from .shared import settings_changed
 from .tls import load_ca_bundle
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET
 
 
 def configure(
@@ -27,6 +28,8 @@ def configure(
     pool: PoolSettings = _UNSET,
     ca_bundle: str | None = _UNSET,
     retries: int | RetryPolicy | None = _UNSET,
+    proxy: str | None = _UNSET,
+    trust_env: bool = _UNSET,
 ) -> Settings:
     """Set the application configuration.
 
@@ -44,6 +47,11 @@ def configure(
     :param retries: the default retries of every call that sets none: an
         int (retries with the default :class:`RetryPolicy`), a policy, or
         None for no retries (the default: an SDK above usually retries).
+    :param proxy: a proxy URL for every request,
+        ``http://[user:password@]host:port`` (or ``https://``); None: none
+        configured (the environment decides, see ``trust_env``).  Checked now.
+    :param trust_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
+        ``NO_PROXY`` when no proxy is set in code (default True).
     :return: the new settings.
     """
     old = _settings.current()
@@ -53,6 +61,8 @@ def configure(
         pool=old.pool,
         ca_bundle=old.ca_bundle,
         retries=old.retries,
+        proxy=old.proxy,
+        trust_env=old.trust_env,
     )
     if http_backend is not _UNSET:
         check_config("http_backend", http_backend)
@@ -70,6 +80,14 @@ def configure(
         new["ca_bundle"] = ca_bundle
     if retries is not _UNSET:
         new["retries"] = RetryPolicy.coerce(retries, "configure(retries=...)")
+    if proxy is not _UNSET:
+        if proxy is not None:
+            parse_proxy_url(proxy, "configure(proxy=...)")
+        new["proxy"] = proxy
+    if trust_env is not _UNSET:
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be True or False, not {type(trust_env).__name__}")
+        new["trust_env"] = trust_env
     settings = Settings(**new)
     _settings.replace(settings)
     settings_changed(old, settings)
@@ -83,7 +101,7 @@ _DEFAULT = Client()
 def post(
     url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
     connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-    full_response: Literal[False] = ..., agent: IAgent | None = ..., reactor: Any = ...,
+    full_response: Literal[False] = ..., proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
 ) -> Deferred[Any]: ...
 
 
@@ -91,7 +109,7 @@ def post(
 def post(
     url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
     connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-    full_response: Literal[True], agent: IAgent | None = ..., reactor: Any = ...,
+    full_response: Literal[True], proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
 ) -> Deferred[Reply]: ...
 
 
@@ -106,6 +124,7 @@ def post(
     pool_timeout: float | None = None,
     retries: int | RetryPolicy | None = None,
     full_response: bool = False,
+    proxy: str | None = UNSET,
     agent: IAgent | None = None,
     reactor: Any = None,
 ) -> Deferred[Any]:
@@ -126,6 +145,9 @@ def post(
         it takes, in FIFO order); over it, ``RequestTimeout("pool")``.
     :param retries: an int or a :class:`~nous_twisted.RetryPolicy`; None
         takes ``configure(retries=)``'s (no retries unless configured).
+    :param proxy: a proxy URL for this call, or None for a direct
+        connection; unset, ``configure(proxy=)`` and then the environment
+        (``HTTPS_PROXY``, ``NO_PROXY``, ...) decide.
     :param full_response: fire with a :class:`~nous_twisted.Reply` (value,
         status, headers, request id, elapsed, attempts) instead of the value.
     :param agent: send through this ``IAgent`` instead of the shared pool.
@@ -136,12 +158,10 @@ def post(
         ``DecodeError``.  Cancelling it aborts the connection.
     :raises TypeError, ValueError: at once, for bad arguments.
     """
-    d: Deferred[Any] = _DEFAULT.post(
-        url, body, headers, backend=backend, timeout=timeout, connect_timeout=connect_timeout,
-        pool_timeout=pool_timeout, retries=retries, full_response=full_response,  # type: ignore[call-overload]
-        agent=agent, reactor=reactor,
+    return _DEFAULT._send(
+        b"POST", url, body, headers, backend, timeout, connect_timeout, pool_timeout, retries, full_response,
+        proxy, agent, reactor,
     )
-    return d
 
 
 def stream(
@@ -155,6 +175,7 @@ def stream(
     pool_timeout: float | None = None,
     retries: int | RetryPolicy | None = None,
     format: str | None = None,
+    proxy: str | None = UNSET,
     agent: IAgent | None = None,
     reactor: Any = None,
 ) -> EventStream:
@@ -174,6 +195,7 @@ def stream(
     :param pool_timeout: seconds to wait for a pool slot (None: as long as it takes).
     :param retries: retries before the first event (an int or a
         ``RetryPolicy``; None: ``configure(retries=)``'s); never after one.
+    :param proxy: a proxy URL for this call, or None for a direct connection.
     :param stream_backend: ``"treq"``, ``"agent"``, a dotted path, a class or
         an instance providing ``IStreamBackend``; None falls through to
         ``NOUS_HTTP_STREAM_BACKEND``, then ``configure(http_stream_backend=)``,
@@ -182,5 +204,5 @@ def stream(
     """
     return _DEFAULT.stream(
         url, body, headers, stream_backend=stream_backend, timeout=timeout, connect_timeout=connect_timeout,
-        pool_timeout=pool_timeout, retries=retries, format=format, agent=agent, reactor=reactor,
+        pool_timeout=pool_timeout, retries=retries, format=format, proxy=proxy, agent=agent, reactor=reactor,
     )

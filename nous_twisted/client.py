@@ -32,6 +32,8 @@ from . import settings as _settings
 from .errors import NousHTTPError
 from .eventstream import EventStream
 from .observers import FAILURE, RESPONSE, RETRY, START, CallEvent, emit, failure_phase, usage_of, watched
+from .proxy import UNSET as NO_PROXY_GIVEN
+from .proxy import Proxy, choose_proxy, with_proxy
 from .reactors import default_reactor
 from .request import HeadersArg, HTTPRequest, check_base_url, join_url, normalize_headers, prepare
 from .resolve import resolve_http_backend, resolve_stream_backend
@@ -151,13 +153,20 @@ class Client:
     :param retries: an int (retries with the default :class:`RetryPolicy`),
         a ``RetryPolicy``, or None for ``configure(retries=)``'s (no retries
         unless configured).
-    :param agent: send through this ``IAgent`` instead of the shared pool.
+    :param proxy: a proxy URL (``http://[user:password@]host:port`` or
+        ``https://...``) for every call, or None for direct connections;
+        unset, ``configure(proxy=)`` and then the environment decide.
+    :param trust_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
+        ``NO_PROXY`` when no proxy is set in code; unset, ``configure()``'s
+        (True unless configured).
+    :param agent: send through this ``IAgent`` instead of the shared pool
+        (it then decides the route: the proxy settings do not apply).
     :param reactor: the reactor (default: the global one, resolved per call).
     """
 
     __slots__ = (
         "_agent", "_backend", "_base_url", "_connect_timeout", "_headers", "_header_names", "_pool_timeout",
-        "_reactor", "_retries", "_stream_backend", "_timeout", "_given",
+        "_proxy", "_reactor", "_retries", "_stream_backend", "_timeout", "_trust_env", "_given",
     )
 
     def __init__(
@@ -171,13 +180,15 @@ class Client:
         connect_timeout: float = 30.0,
         pool_timeout: float | None = None,
         retries: int | RetryPolicy | None = None,
+        proxy: str | None = UNSET,
+        trust_env: bool = UNSET,
         agent: IAgent | None = None,
         reactor: Any = None,
     ) -> None:
         self._given: dict[str, Any] = dict(
             base_url=base_url, headers=headers, backend=backend, stream_backend=stream_backend, timeout=timeout,
-            connect_timeout=connect_timeout, pool_timeout=pool_timeout, retries=retries, agent=agent,
-            reactor=reactor,
+            connect_timeout=connect_timeout, pool_timeout=pool_timeout, retries=retries, proxy=proxy,
+            trust_env=trust_env, agent=agent, reactor=reactor,
         )
         self._base_url = check_base_url(base_url)
         self._headers = tuple(normalize_headers(headers))
@@ -192,6 +203,12 @@ class Client:
         self._connect_timeout = check_seconds("connect_timeout", connect_timeout)
         self._pool_timeout = check_pool_timeout(pool_timeout)
         self._retries = RetryPolicy.coerce(retries)
+        self._proxy: Proxy | None = (
+            NO_PROXY_GIVEN if proxy is UNSET else None if proxy is None else Proxy.from_url(proxy, "Client(proxy=...)")
+        )
+        if trust_env is not UNSET and not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be True or False, not {type(trust_env).__name__}")
+        self._trust_env = trust_env
         self._agent = check_agent(agent)
         self._reactor = reactor
 
@@ -229,7 +246,7 @@ class Client:
             f"Client(base_url={self._base_url!r}, headers={list(self._header_names)!r}, backend={self._backend!r}, "
             f"stream_backend={self._stream_backend!r}, timeout={self._timeout:g}, "
             f"connect_timeout={self._connect_timeout:g}, pool_timeout={self._pool_timeout!r}, "
-            f"retries={self._retries!r})"
+            f"retries={self._retries!r}, proxy={self._proxy!r})"
         )
 
     # -- calls ---------------------------------------------------------------------
@@ -238,14 +255,14 @@ class Client:
     def post(
         self, url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
         connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-        full_response: Literal[False] = ..., agent: IAgent | None = ..., reactor: Any = ...,
+        full_response: Literal[False] = ..., proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
     ) -> Deferred[Any]: ...
 
     @overload
     def post(
         self, url: str, body: Any, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
         connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-        full_response: Literal[True], agent: IAgent | None = ..., reactor: Any = ...,
+        full_response: Literal[True], proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
     ) -> Deferred[Reply]: ...
 
     def post(
@@ -260,6 +277,7 @@ class Client:
         pool_timeout: float | None = UNSET,
         retries: int | RetryPolicy | None = UNSET,
         full_response: bool = False,
+        proxy: str | None = UNSET,
         agent: IAgent | None = UNSET,
         reactor: Any = UNSET,
     ) -> Deferred[Any]:
@@ -275,21 +293,21 @@ class Client:
         """
         return self._send(
             b"POST", url, body, headers, backend, timeout, connect_timeout, pool_timeout, retries, full_response,
-            agent, reactor,
+            proxy, agent, reactor,
         )
 
     @overload
     def get(
         self, url: str, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
         connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-        full_response: Literal[False] = ..., agent: IAgent | None = ..., reactor: Any = ...,
+        full_response: Literal[False] = ..., proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
     ) -> Deferred[Any]: ...
 
     @overload
     def get(
         self, url: str, headers: HeadersArg = ..., *, backend: Any = ..., timeout: float = ...,
         connect_timeout: float = ..., pool_timeout: float | None = ..., retries: int | RetryPolicy | None = ...,
-        full_response: Literal[True], agent: IAgent | None = ..., reactor: Any = ...,
+        full_response: Literal[True], proxy: str | None = ..., agent: IAgent | None = ..., reactor: Any = ...,
     ) -> Deferred[Reply]: ...
 
     def get(
@@ -303,6 +321,7 @@ class Client:
         pool_timeout: float | None = UNSET,
         retries: int | RetryPolicy | None = UNSET,
         full_response: bool = False,
+        proxy: str | None = UNSET,
         agent: IAgent | None = UNSET,
         reactor: Any = UNSET,
     ) -> Deferred[Any]:
@@ -310,7 +329,7 @@ class Client:
         JSON reply.  The same options and errors as :meth:`post`."""
         return self._send(
             b"GET", url, None, headers, backend, timeout, connect_timeout, pool_timeout, retries, full_response,
-            agent, reactor,
+            proxy, agent, reactor,
         )
 
     def stream(
@@ -325,6 +344,7 @@ class Client:
         pool_timeout: float | None = UNSET,
         retries: int | RetryPolicy | None = UNSET,
         format: str | None = None,
+        proxy: str | None = UNSET,
         agent: IAgent | None = UNSET,
         reactor: Any = UNSET,
     ) -> EventStream:
@@ -334,10 +354,10 @@ class Client:
         event.  A failure before the first data event is retried as the
         policy allows, invisibly to the reader; never after one.
         """
-        request = prepare(
+        request = self._route(prepare(
             join_url(self._base_url, url), body, headers, accept=b"text/event-stream", defaults=self._headers,
             pool_timeout=self._pool_timeout if pool_timeout is UNSET else check_pool_timeout(pool_timeout),
-        )
+        ), proxy)
         fmt = check_format(format)
         impl = resolve_stream_backend(self._stream_backend if stream_backend is UNSET else stream_backend)
         timeout = self._timeout if timeout is UNSET else check_seconds("timeout", timeout)
@@ -369,6 +389,16 @@ class Client:
             emit(describe(START, 1))
         return EventStream(AttemptsCore(reactor, attempt, policy, describe), reactor)
 
+    def _route(self, request: HTTPRequest, proxy: Any) -> HTTPRequest:
+        """``request`` with its proxy chosen: the call's, the client's,
+        ``configure()``'s, then (with ``trust_env``) the environment's."""
+        settings = _settings.current()
+        trust_env = settings.trust_env if self._trust_env is UNSET else self._trust_env
+        chosen = choose_proxy(
+            request.url, NO_PROXY_GIVEN if proxy is UNSET else proxy, self._proxy, settings.proxy, trust_env
+        )
+        return with_proxy(request, chosen)
+
     def _send(
         self,
         method: bytes,
@@ -381,14 +411,15 @@ class Client:
         pool_timeout: Any,
         retries: Any,
         full_response: bool,
+        proxy: Any,
         agent: Any,
         reactor: Any,
     ) -> Deferred[Any]:
-        request = prepare(
+        request = self._route(prepare(
             join_url(self._base_url, url), body, headers, method=method, defaults=self._headers,
             accept=b"application/json" if method == b"GET" else None,
             pool_timeout=self._pool_timeout if pool_timeout is UNSET else check_pool_timeout(pool_timeout),
-        )
+        ), proxy)
         impl = resolve_http_backend(self._backend if backend is UNSET else backend)
         timeout = self._timeout if timeout is UNSET else check_seconds("timeout", timeout)
         connect_timeout = (

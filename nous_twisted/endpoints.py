@@ -8,6 +8,17 @@ headers to add ``Host``.  :class:`SharedAgent` keeps, per URL, the parsed
 URI, the pool key and the Host value, and per (scheme, host, port) one
 endpoint (and with it one TLS context): connections made from it are
 verified exactly as before, since the policy is the same.
+
+It also routes through a proxy (issue 11).  The request's proxy arrives with
+its connect ticket (``pool.CONNECT_TICKET``, set around ``agent.request()``
+by the exchanges), so neither treq nor the backends carry it.  A proxied
+plan's pool key is ``(scheme, host, port, proxy)``: tunnelled connections
+are pooled and reused per (proxy, target) exactly as direct ones are per
+target, and ``max_connections`` applies per target; the proxy's credentials
+are part of it, so two users never share a tunnel.  https targets go through
+a ``CONNECT`` tunnel (``tunnel.ProxyEndpoint``) with the target's TLS on top,
+verified as on a direct connection; http targets are sent to the proxy in
+absolute form with ``Proxy-Authorization``, as Twisted's ``ProxyAgent`` does.
 """
 
 from __future__ import annotations
@@ -15,17 +26,24 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
+from .pool import CONNECT_TICKET
+from .proxy import Proxy
+from .tunnel import ProxyEndpoint
+
 # Most applications call a handful of endpoints; past this many distinct
 # URLs the cache starts again rather than grow.
 MAX_CACHED_URLS = 256
 
 _Plan = tuple[URI, tuple[bytes, bytes, int], IStreamClientEndpoint, bytes]
+# (parsed URI, pool key, endpoint, Host value, request target as sent)
+_ProxyPlan = tuple[URI, tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint, bytes, bytes]
 
 
 class SharedAgent(Agent):
@@ -33,8 +51,12 @@ class SharedAgent(Agent):
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS, pool: Any) -> None:
         super().__init__(reactor, contextFactory=policy, pool=pool)  # type: ignore[no-untyped-call]
+        self._reactor = reactor
+        self._policy = policy
         self._plans: dict[bytes, _Plan] = {}
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+        self._proxy_plans: dict[tuple[bytes, Proxy], _ProxyPlan] = {}
+        self._proxy_endpoints: dict[tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint] = {}
 
     def _plan(self, uri: bytes) -> _Plan:
         parsed = URI.fromBytes(uri.strip())
@@ -48,6 +70,62 @@ class SharedAgent(Agent):
         self._plans[uri] = plan
         return plan
 
+    def _proxy_endpoint(self, proxy: Proxy, parsed: URI) -> IStreamClientEndpoint:
+        """Through ``proxy`` to ``parsed``'s host: TCP (or verified TLS) to
+        the proxy, then a CONNECT tunnel and the target's TLS for https."""
+        to_proxy: IStreamClientEndpoint = HostnameEndpoint(self._reactor, proxy.host, proxy.port)
+        if proxy.is_https:
+            creator = self._policy.creatorForNetloc(proxy.host.encode("ascii"), proxy.port)
+            to_proxy = wrapClientTLS(creator, to_proxy, clock=self._reactor)
+        if parsed.scheme == b"https":
+            target = self._policy.creatorForNetloc(parsed.host, parsed.port)
+            return ProxyEndpoint(self._reactor, proxy, to_proxy, (parsed.host, parsed.port), target)
+        return ProxyEndpoint(self._reactor, proxy, to_proxy, None)
+
+    def _plan_via(self, uri: bytes, proxy: Proxy) -> _ProxyPlan:
+        parsed = URI.fromBytes(uri.strip())
+        if parsed.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"Unsupported scheme: {parsed.scheme!r}")
+        key = (parsed.scheme, parsed.host, parsed.port, proxy)
+        endpoint = self._proxy_endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._proxy_endpoints[key] = self._proxy_endpoint(proxy, parsed)
+        host = self._computeHostValue(parsed.scheme, parsed.host, parsed.port)  # type: ignore[no-untyped-call]
+        if parsed.scheme == b"https":
+            target = parsed.originForm
+        else:
+            # absolute form (RFC 9112 3.2.2), without the fragment
+            target = parsed.scheme + b"://" + host + parsed.originForm
+        plan = (parsed, key, endpoint, host, target)
+        if len(self._proxy_plans) >= MAX_CACHED_URLS:
+            self._proxy_plans.clear()
+        self._proxy_plans[(uri, proxy)] = plan
+        return plan
+
+    def _request_via(
+        self,
+        proxy: Proxy,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None,
+        bodyProducer: IBodyProducer | None,
+    ) -> Deferred[IResponse]:
+        plan = self._proxy_plans.get((uri, proxy))
+        if plan is None:
+            try:
+                plan = self._plan_via(uri, proxy)
+            except SchemeNotSupported:
+                return fail()
+        parsed, key, endpoint, host, target = plan
+        if headers is None:
+            headers = Headers()
+        if not headers.hasHeader(b"host"):
+            headers.addRawHeader(b"host", host)
+        if parsed.scheme == b"http" and proxy.authorization is not None:
+            # In a tunnel the proxy never sees the request: CONNECT carried it.
+            headers.setRawHeaders(b"proxy-authorization", [proxy.authorization])
+        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer, target)  # type: ignore[arg-type]
+
     def request(
         self,
         method: bytes,
@@ -55,6 +133,9 @@ class SharedAgent(Agent):
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
+        ticket = CONNECT_TICKET.get()
+        if ticket is not None and ticket.proxy is not None:
+            return self._request_via(ticket.proxy, method, uri, headers, bodyProducer)
         plan = self._plans.get(uri)
         if plan is None:
             try:

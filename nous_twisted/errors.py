@@ -225,13 +225,15 @@ class RequestTimeout(TransportError):
     """A timeout expired.
 
     :ivar phase: ``"connect"`` (DNS, TCP connect, TLS handshake, or waiting
-        for a pool slot where no ``pool_timeout`` applies), ``"pool"``
+        for a pool slot where no ``pool_timeout`` applies; through a proxy,
+        its connect and CONNECT exchange too), ``"pool"``
         (waiting for a free pool connection, over ``pool_timeout``),
         ``"receive"`` (the whole response of ``post``) or ``"idle"`` (the gap
         between two stream events).
     :ivar timeout: the limit that expired, in seconds.
     :ivar step: within the connect phase, the step that ran out: ``"dns"``,
-        ``"tcp"``, ``"tls"`` or ``"pool"``; None when not known.
+        ``"tcp"``, ``"tls"``, ``"pool"`` or ``"proxy"`` (the proxy's reply to
+        CONNECT); None when not known.
     """
 
     def __init__(self, phase: str, timeout: float, url: str = "", step: str | None = None) -> None:
@@ -250,6 +252,7 @@ _STEPS = {
     "tcp": "during the TCP connect",
     "tls": "during the TLS handshake",
     "pool": "while waiting for a free pool connection",
+    "proxy": "while the proxy opened the tunnel (CONNECT)",
 }
 _POOL_HINT = "raise pool_timeout or PoolSettings.max_connections"
 _STEP_HINTS = {
@@ -257,6 +260,7 @@ _STEP_HINTS = {
     "tcp": "raise connect_timeout, or check that the host is reachable (firewall, proxy, port)",
     "tls": "raise connect_timeout, or check that the port speaks TLS",
     "pool": _POOL_HINT,
+    "proxy": "raise connect_timeout, or check the proxy (is it up, does it allow CONNECT to this host and port?)",
 }
 _PHASE_HINTS = {
     "connect": "raise connect_timeout, or check that the host is reachable "

@@ -137,7 +137,7 @@ class PostExchange:
 
     __slots__ = (
         "_cancelled", "_collector", "_producer", "_request_d", "_response", "_timed_out", "_timer",
-        "connect_timeout", "reactor", "result", "shared_pool", "timeout", "url",
+        "connect_timeout", "proxy", "reactor", "result", "shared_pool", "timeout", "url",
     )
 
     def __init__(
@@ -154,6 +154,7 @@ class PostExchange:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.shared_pool = shared_pool
+        self.proxy = request.proxy  # the route, handed to the shared agent with the ticket
         self.result: Deferred[RawResponse] = Deferred(self._cancel)
         self._request_d: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
@@ -166,7 +167,7 @@ class PostExchange:
         """Send with ``send(body_producer)``; fire with the whole response."""
         producer = self._producer
         assert producer is not None
-        d = send_with_ticket(lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool)
+        d = send_with_ticket(lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool, self.proxy)
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return self.result

@@ -131,14 +131,19 @@ def is_readable(transport: Any) -> bool:
 
 
 class ConnectTicket:
-    """A request's connect limit and the hook that starts its receive phase."""
+    """A request's connect limit, the hook that starts its receive phase, and
+    its route: the ``nous_twisted.proxy.Proxy`` it goes through, or None
+    (read by ``SharedAgent``, which makes the proxy part of the pool key)."""
 
-    __slots__ = ("connect_timeout", "on_connected", "url")
+    __slots__ = ("connect_timeout", "on_connected", "proxy", "url")
 
-    def __init__(self, connect_timeout: float, on_connected: Callable[[], None], url: str) -> None:
+    def __init__(
+        self, connect_timeout: float, on_connected: Callable[[], None], url: str, proxy: Any = None
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.on_connected = on_connected
         self.url = url
+        self.proxy = proxy
 
 
 CONNECT_TICKET: contextvars.ContextVar[ConnectTicket | None] = contextvars.ContextVar(
@@ -152,16 +157,18 @@ def send_with_ticket(
     on_connected: Callable[[], None],
     url: str,
     shared_pool: bool,
+    proxy: Any = None,
 ) -> Deferred[Any]:
     """Call ``send()`` (which reaches the pool's getConnection synchronously)
-    with the connect limit handed over; with a caller's own agent the pool is
-    not ours, so the connect phase is taken as over at once.  A synchronous
+    with the connect limit and the route (``proxy``) handed over; with a
+    caller's own agent the pool is not ours, so the connect phase is taken as
+    over at once (and the caller's agent decides the route).  A synchronous
     exception becomes a failed Deferred."""
     try:
         if not shared_pool:
             on_connected()
             return send()
-        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url))
+        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url, proxy))
         try:
             return send()
         finally:
@@ -443,7 +450,7 @@ class NousConnectionPool(HTTPConnectionPool):
             return d
         if not d.called:
             limit = ticket.connect_timeout
-            url = ticket.url
+            url = ticket.url if ticket.proxy is None else f"{ticket.url} through the proxy {ticket.proxy}"
 
             def timed_out(result: Any, timeout: float) -> Any:
                 # Whatever the cancelled step failed with (CancelledError,
@@ -548,8 +555,12 @@ class NousConnectionPool(HTTPConnectionPool):
 
         def tcp_step(failure: Failure) -> Failure:
             # HostnameEndpoint reports a cancel during resolution as a
-            # DNSLookupError, and one during the TCP attempts otherwise.
-            if attempt.step == "dns" and not failure.check(ierror.DNSLookupError):
+            # DNSLookupError, and one during the TCP attempts otherwise; a
+            # proxy endpoint (tunnel.py) names its own steps.
+            step = getattr(failure.value, "connect_step", None)
+            if step is not None:
+                attempt.step = step
+            elif attempt.step == "dns" and not failure.check(ierror.DNSLookupError):
                 attempt.step = "tcp"
             return failure
 

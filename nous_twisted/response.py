@@ -195,6 +195,13 @@ def status_error(
         parse_retry_after(hd, decoded),
         url,
     )
+    if status == 407:
+        # Only a proxy sends 407 (RFC 9110 15.5.8): say so, or it reads as the API's.
+        err.message += (
+            "; the proxy asked for credentials: give them in the proxy URL "
+            "(http://user:password@host:port), or check the ones given"
+        )
+        err.args = (err.message,)
     log.debug(
         "POST {url} failed: HTTP {status}: {body}",
         url=url,

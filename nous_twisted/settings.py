@@ -7,7 +7,7 @@ Settings are read on every call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -35,7 +35,13 @@ class PoolSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``configure()`` sets."""
+    """Everything ``configure()`` sets.
+
+    :ivar proxy: the proxy URL for every request (None: not configured, the
+        environment decides when ``trust_env``); never in the repr, since it
+        may hold credentials.
+    :ivar trust_env: read ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``.
+    """
 
     http_backend: Any = None
     http_stream_backend: Any = None
@@ -43,6 +49,8 @@ class Settings:
     ca_bundle: str | None = None
     #: the default retry policy (a ``nous_twisted.retry.RetryPolicy``), None for none
     retries: Any = None
+    proxy: str | None = field(default=None, repr=False)
+    trust_env: bool = True
 
 
 _settings = Settings()

@@ -60,7 +60,7 @@ class StreamExchange:
 
     __slots__ = (
         "_aborted", "_body_over", "_body_transport", "_drain_timer", "_producer", "_request_d",
-        "clock", "connect_timeout", "core", "paused", "shared_pool", "url",
+        "clock", "connect_timeout", "core", "paused", "proxy", "shared_pool", "url",
     )
 
     def __init__(
@@ -77,6 +77,7 @@ class StreamExchange:
         self._producer: BytesProducer | None = BytesProducer(request.body)
         self.connect_timeout = connect_timeout
         self.shared_pool = shared_pool
+        self.proxy = request.proxy  # the route, handed to the shared agent with the ticket
         self.paused = False
         self._request_d: Deferred[Any] | None = None
         self._body_transport: Any = None
@@ -90,7 +91,7 @@ class StreamExchange:
         core.attach(self, registry)
         producer = self._producer
         assert producer is not None
-        d = send_with_ticket(lambda: send(producer), self.connect_timeout, core.connected, self.url, self.shared_pool)
+        d = send_with_ticket(lambda: send(producer), self.connect_timeout, core.connected, self.url, self.shared_pool, self.proxy)
         if not d.called:
             self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)

@@ -45,8 +45,13 @@ def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("NOUS_HTTP_BACKEND", raising=False)
     monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    # A proxy in the machine's environment would route the tests' loopback calls.
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
     nous_twisted.configure(
-        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None,
+        proxy=None, trust_env=True,
     )
     observers_module._observers.clear()
     yield
@@ -56,7 +61,8 @@ def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.config.pluginmanager.has_plugin("twisted"):
         pytest_twisted.blockon(nous_twisted.shutdown())
     nous_twisted.configure(
-        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None
+        http_backend=None, http_stream_backend=None, pool=nous_twisted.PoolSettings(), ca_bundle=None, retries=None,
+        proxy=None, trust_env=True,
     )
     observers_module._observers.clear()
 
