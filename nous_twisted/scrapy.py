@@ -241,7 +241,9 @@ class _Calls:
         """Seconds until the last of them times out: a post's whole-response
         timeout, a stream's idle timeout (which restarts at each event)."""
         now = self._clock()
-        waits = [deadline - now for deadline in self._posts.values()]
+        # A post's timeout starts once it has a connection, so one that waited
+        # for the pool may run past the deadline counted from its start.
+        waits = [max(deadline - now, 0.0) for deadline in self._posts.values()]
         waits += [timeout for s, timeout in list(self._streams.items()) if not s.done]
         return max(waits, default=0.0)
 
