@@ -266,6 +266,7 @@ class NousAddon:
     :class:`NousExtension`; refuses a crawl without a Twisted reactor."""
 
     def update_settings(self, settings: Any) -> None:
+        """Scrapy's add-on hook: refuse reactorless mode, register the extension."""
         if not settings.getbool("TWISTED_REACTOR_ENABLED", True):
             raise NousScrapyError(
                 "nous_twisted needs a Twisted reactor, and this crawl sets TWISTED_REACTOR_ENABLED = False. "
@@ -318,6 +319,7 @@ class NousExtension:
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> NousExtension:
+        """Scrapy's constructor: check and apply the settings, connect the signals."""
         ext = cls(crawler)
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
@@ -416,6 +418,7 @@ class NousExtension:
     # -- life --------------------------------------------------------------------
 
     def spider_opened(self, spider: Any = None) -> None:
+        """Start counting calls and watching for the close."""
         self._unsubscribe = observe(self.count)
         self._watch = LoopingCall(self._look)
         self._watch.clock = self.reactor
@@ -467,6 +470,7 @@ class NousExtension:
             self.stats.inc_value("nous/close_aborted_count", aborted)
 
     def spider_closed(self, spider: Any = None, reason: str = "") -> None:
+        """Record the pool's numbers; warn about calls nobody awaited."""
         self._pool()
         left = self.calls.count()
         if left:
@@ -478,6 +482,7 @@ class NousExtension:
         self._stop()
 
     def engine_stopped(self) -> None:
+        """Stop counting; this crawl no longer shares the process's settings."""
         self._stop()
         NousExtension.running.discard(self)
 
@@ -550,6 +555,8 @@ class NousClient(Client):
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> NousClient:
+        """The client the crawl's settings describe, its calls seen by the
+        crawl's :class:`NousExtension` (when the add-on is enabled)."""
         ext = crawler.get_extension(NousExtension) if hasattr(crawler, "get_extension") else None
         return cls(**client_options(crawler.settings), calls=ext.calls if ext is not None else None)
 
@@ -560,6 +567,7 @@ class NousClient(Client):
         return self._calls is not None and self._calls.aborting
 
     def with_options(self, **changes: Any) -> NousClient:
+        """A new client with ``changes``, its calls still seen by the crawl."""
         return NousClient(**{**self._options, **changes}, calls=self._calls)
 
     def post(self, url: str, body: Any, headers: Any = (), **options: Any) -> Deferred[Any]:
@@ -607,6 +615,7 @@ class LLMPipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> LLMPipeline:
+        """The pipeline with the crawl's :class:`NousClient` and ``NOUS_ON_ERROR``."""
         return cls(NousClient.from_crawler(crawler), str(_get(crawler.settings, "NOUS_ON_ERROR")))
 
     def build_request(self, item: Any) -> tuple[str, Any] | None:
@@ -619,6 +628,8 @@ class LLMPipeline:
         raise NotImplementedError(f"{type(self).__name__} must define handle_reply(item, reply)")
 
     async def process_item(self, item: Any, spider: Any = None) -> Any:
+        """Make the item's call and hand the reply to :meth:`handle_reply`;
+        a failed call does what ``NOUS_ON_ERROR`` says."""
         request = self.build_request(item)
         if request is None:
             return item
