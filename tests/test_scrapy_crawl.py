@@ -323,8 +323,7 @@ from llm_enrich.spiders.pages import PagesSpider
 
 settings = get_project_settings()
 settings.setdict({{"LOG_LEVEL": "INFO", "TWISTED_REACTOR": {reactor!r}, "TELNETCONSOLE_ENABLED": False,
-                  "NOUS_BASE_URL": {base!r}, "NOUS_HTTP_BACKEND": "treq",
-                  "ITEM_PIPELINES": {{"llm_enrich.pipelines.LabelPipeline": 300}}}}, priority="cmdline")
+                  "NOUS_BASE_URL": {base!r}, "NOUS_HTTP_BACKEND": "treq"}}, priority="cmdline")
 process = {runner}(settings)
 for most in (4, 6):
     one = settings.copy()
@@ -337,6 +336,7 @@ process.start()
 
 @pytest_twisted.ensureDeferred
 async def test_two_crawls_in_one_process_and_an_environment_override_are_logged(tmp_path: Path) -> None:
+    """Two crawls of the example project as it is, in one process."""
     site = Site()
     runner = "AsyncCrawlerProcess" if asyncio_session() else "CrawlerProcess"
     async with FakeLLMServer() as llm:
@@ -353,6 +353,9 @@ async def test_two_crawls_in_one_process_and_an_environment_override_are_logged(
     assert proc.returncode == 0, log[-3000:]
     assert "Unhandled error in Deferred" not in log and "Traceback" not in log, log[-3000:]
     assert log.count("Spider closed (finished)") == 2
+    # The project as it is: both pipelines, a post and a stream per item.
+    assert log.count("'item_scraped_count': 200") == 2
+    assert "nous_error" not in log and "ERROR" not in log, log[-3000:]
     assert log.count(
         "[nous_twisted] WARNING: NOUS_MAX_CONNECTIONS differs between crawls in this process: 4 (spider 'pages') "
         "and 6 (spider 'pages')"
