@@ -36,7 +36,7 @@ from .observers import CallEvent, observe
 from .response import Reply
 from .retry import RetryPolicy
 from .settings import PoolSettings
-from .shared import shutdown
+from .shared import pool_stats, shutdown
 
 __all__ = [
     "AgentBackend",
@@ -76,6 +76,7 @@ __all__ = [
     "__version__",
     "configure",
     "observe",
+    "pool_stats",
     "post",
     "shutdown",
     "stream",

@@ -34,7 +34,7 @@ from .eventstream import EventStream
 from .observers import FAILURE, RESPONSE, RETRY, START, CallEvent, emit, failure_phase, usage_of, watched
 from .proxy import UNSET as NO_PROXY_GIVEN
 from .proxy import Proxy, choose_proxy, with_proxy
-from .reactors import default_reactor
+from .reactors import AwaitableDeferred, awaitable, default_reactor
 from .request import HeadersArg, HTTPRequest, check_base_url, join_url, normalize_headers, prepare
 from .resolve import resolve_http_backend, resolve_stream_backend
 from .response import RawResponse, Reply, request_id_of, response_headers, to_value
@@ -43,10 +43,6 @@ from .stream_attempts import AttemptsCore
 from .streamcore import StreamCore
 
 log = Logger(namespace="nous_twisted")
-
-
-def awaitable_deferred(d: Deferred[Any]) -> Deferred[Any]:
-    return d
 
 FORMATS = (None, "sse", "ndjson", "json-array")
 
@@ -436,9 +432,9 @@ class Client:
                 d.addCallback(_fast_reply, request, reactor, reactor.seconds())
             else:
                 d.addCallback(to_value, request.display_url, request.secrets)
-            return awaitable_deferred(d)
+            return awaitable(d)
         call = _PostCall(impl, request, timeout, connect_timeout, agent, reactor, policy, full_response)
-        return awaitable_deferred(call.start())
+        return call.start()
 
 
 def _fast_reply(raw: RawResponse, request: HTTPRequest, reactor: Any, started: float) -> Reply:
@@ -487,7 +483,7 @@ class _PostCall:
             if watched()
             else None
         )
-        self.result: Deferred[Any] = Deferred(self._cancel)
+        self.result: Deferred[Any] = AwaitableDeferred(self._cancel)
 
     def start(self) -> Deferred[Any]:
         self._emit(START)

@@ -150,7 +150,7 @@ class EventStream:
         # consume() drives the stream to its end by itself: dropping the
         # handle now is fine, and cancelling the Deferred is how to stop it.
         self._finalizer.detach()
-        return _Consumer(self._core, on_event).start()
+        return awaitable(_Consumer(self._core, on_event).start())
 
     def _set_mode(self, mode: str) -> None:
         if self._mode is None:

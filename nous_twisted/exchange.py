@@ -24,6 +24,7 @@ from .compression import STEP, Decompressor, decompressor_for
 from .errors import BufferOverflow, NousHTTPError, RequestTimeout, StreamTruncated
 from .failures import classify, describe, reasons
 from .pool import abort_transport, send_with_ticket
+from .reactors import AwaitableDeferred
 from .request import HTTPRequest
 from .response import RawResponse
 
@@ -129,15 +130,15 @@ class _BodyCollector(Protocol):
 class PostExchange:
     """A POST from sending to the last body byte, under its two limits.
 
-    ``connect_timeout`` is enforced by the shared pool (slot wait, TCP, TLS),
-    which calls :meth:`_connected`; ``timeout`` then covers the whole
-    response, body included.  With a caller's own agent the pool is not ours:
+    ``pool_timeout`` (the slot wait) and ``connect_timeout`` (DNS, TCP, TLS)
+    are enforced by the shared pool, which calls :meth:`_connected`;
+    ``timeout`` then covers the whole response, body included.  With a caller's own agent the pool is not ours:
     ``timeout`` then runs from the start.
     """
 
     __slots__ = (
         "_cancelled", "_collector", "_producer", "_request_d", "_response", "_timed_out", "_timer",
-        "connect_timeout", "proxy", "reactor", "result", "shared_pool", "timeout", "url",
+        "connect_timeout", "pool_timeout", "proxy", "reactor", "result", "shared_pool", "timeout", "url",
     )
 
     def __init__(
@@ -153,9 +154,11 @@ class PostExchange:
         self._producer: BytesProducer | None = BytesProducer(request.body)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.pool_timeout = request.pool_timeout
         self.shared_pool = shared_pool
         self.proxy = request.proxy  # the route, handed to the shared agent with the ticket
-        self.result: Deferred[RawResponse] = Deferred(self._cancel)
+        # Awaitable from asyncio Tasks too, without a chained Deferred per call.
+        self.result: Deferred[RawResponse] = AwaitableDeferred(self._cancel)
         self._request_d: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
         self._collector: _BodyCollector | None = None
@@ -167,7 +170,10 @@ class PostExchange:
         """Send with ``send(body_producer)``; fire with the whole response."""
         producer = self._producer
         assert producer is not None
-        d = send_with_ticket(lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool, self.proxy)
+        d = send_with_ticket(
+            lambda: send(producer), self.connect_timeout, self._connected, self.url, self.shared_pool,
+            pool_timeout=self.pool_timeout, proxy=self.proxy,
+        )
         self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)
         return self.result

@@ -18,9 +18,12 @@ A request that still fails on a reused connection before any response byte is
 sent again, once, on a fresh connection when it provably was not processed:
 it was not completely written, or it carries an ``Idempotency-Key``.
 
-The connect phase of a request (waiting for a slot, DNS, TCP connect, TLS
-handshake) is bounded here, because only the pool sees where it ends.  The
-caller hands its limit over in a :class:`ConnectTicket` through a context
+Two phases before a request is sent are bounded here, because only the pool
+sees where they end: the wait for a slot (``pool_timeout``, None = as long as
+it takes, in FIFO order; over it, ``RequestTimeout("pool")``) and then the
+connect (DNS, TCP connect, TLS handshake: ``connect_timeout``, whose clock
+starts when the slot is granted; a cached connection needs no connect).  The
+caller hands its limits over in a :class:`ConnectTicket` through a context
 variable set around ``agent.request()``, which reaches ``getConnection``
 synchronously through Agent, treq and their wrappers.
 
@@ -35,6 +38,8 @@ import contextvars
 import socket
 from collections import deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -131,18 +136,34 @@ def is_readable(transport: Any) -> bool:
 
 
 class ConnectTicket:
-    """A request's connect limit, the hook that starts its receive phase, and
-    its route: the ``nous_twisted.proxy.Proxy`` it goes through, or None
-    (read by ``SharedAgent``, which makes the proxy part of the pool key)."""
+    """A request's limits before it is sent, the hook that starts its
+    receive phase, and its route.
 
-    __slots__ = ("connect_timeout", "on_connected", "proxy", "url")
+    :ivar connect_timeout: seconds for DNS, TCP connect, the proxy's CONNECT
+        and the TLS handshake, from the moment a slot is granted.
+    :ivar on_connected: called once a connection is in hand (cached or new).
+    :ivar url: the URL as displayed, for error messages.
+    :ivar pool_timeout: seconds to wait for a slot when the host is at
+        ``max_connections``; None waits as long as it takes.
+    :ivar proxy: the ``nous_twisted.proxy.Proxy`` the request goes through,
+        or None (read by ``SharedAgent``, which makes it part of the pool key).
+    """
+
+    __slots__ = ("connect_timeout", "on_connected", "pool_timeout", "proxy", "url")
 
     def __init__(
-        self, connect_timeout: float, on_connected: Callable[[], None], url: str, proxy: Any = None
+        self,
+        connect_timeout: float,
+        on_connected: Callable[[], None],
+        url: str,
+        *,
+        pool_timeout: float | None = None,
+        proxy: Any = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.on_connected = on_connected
         self.url = url
+        self.pool_timeout = pool_timeout
         self.proxy = proxy
 
 
@@ -157,24 +178,52 @@ def send_with_ticket(
     on_connected: Callable[[], None],
     url: str,
     shared_pool: bool,
+    *,
+    pool_timeout: float | None = None,
     proxy: Any = None,
 ) -> Deferred[Any]:
     """Call ``send()`` (which reaches the pool's getConnection synchronously)
-    with the connect limit and the route (``proxy``) handed over; with a
-    caller's own agent the pool is not ours, so the connect phase is taken as
-    over at once (and the caller's agent decides the route).  A synchronous
-    exception becomes a failed Deferred."""
+    with the slot-wait and connect limits and the route (``proxy``) handed
+    over; with a caller's own agent the pool is not ours, so both phases are
+    taken as over at once (and the caller's agent decides the route).  A
+    synchronous exception becomes a failed Deferred."""
     try:
         if not shared_pool:
             on_connected()
             return send()
-        token = CONNECT_TICKET.set(ConnectTicket(connect_timeout, on_connected, url, proxy))
+        token = CONNECT_TICKET.set(
+            ConnectTicket(connect_timeout, on_connected, url, pool_timeout=pool_timeout, proxy=proxy)
+        )
         try:
             return send()
         finally:
             CONNECT_TICKET.reset(token)
     except Exception:
         return fail()
+
+
+@dataclass(frozen=True, slots=True)
+class HostPoolStats:
+    """One host's connections in the shared pool, now and at their largest.
+
+    :ivar open: connections open or being opened (DNS, TCP, TLS), idle or busy.
+    :ivar idle: open connections cached for reuse, carrying no request.
+    :ivar in_use: open connections carrying a request or being opened for one
+        (``open - idle``).
+    :ivar waiting: requests queued for a slot (the host is at
+        ``PoolSettings.max_connections``).
+    :ivar max_open: the largest ``open`` seen since the pool was made; the
+        same for ``max_idle``, ``max_in_use`` and ``max_waiting``.
+    """
+
+    open: int
+    idle: int
+    in_use: int
+    waiting: int
+    max_open: int
+    max_idle: int
+    max_in_use: int
+    max_waiting: int
 
 
 class _Slot:
@@ -333,19 +382,29 @@ def _safe_to_resend(exc: BaseException, request: Any) -> bool:
 
 
 class _Attempt:
-    """Where a request's connect phase stands, to say which step timed out."""
+    """One request's way to a connection: its limits (from its ticket; none
+    without one) and where its connect phase stands, to say which step
+    timed out."""
 
-    __slots__ = ("step",)
+    __slots__ = ("connect_timeout", "pool_timeout", "step", "url")
 
-    def __init__(self) -> None:
+    def __init__(self, ticket: ConnectTicket | None = None) -> None:
         self.step = "pool"
+        self.connect_timeout = ticket.connect_timeout if ticket is not None else None
+        self.pool_timeout = ticket.pool_timeout if ticket is not None else None
+        self.url = ticket.url if ticket is not None else ""
+        # A proxied route (issue 11) is named in the messages too.
+        proxy = getattr(ticket, "proxy", None)
+        if proxy is not None:
+            self.url = f"{self.url} through the proxy {proxy}"
 
 
 class _Waiter:
-    """A request queued for a slot.  Cancelling it marks it; the queue skips
-    marked waiters, so a cancel is O(1) however long the queue."""
+    """A request queued for a slot.  Cancelling it (or its ``pool_timeout``
+    running out) marks it; the queue skips marked waiters, so leaving the
+    queue is O(1) however long the queue."""
 
-    __slots__ = ("attempt", "cancelled", "d", "endpoint", "inner", "key", "pool")
+    __slots__ = ("attempt", "cancelled", "d", "endpoint", "inner", "key", "pool", "timer")
 
     def __init__(
         self, pool: NousConnectionPool, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt
@@ -357,15 +416,34 @@ class _Waiter:
         self.inner: Deferred[Any] | None = None
         self.cancelled = False
         self.d: Deferred[Any] = Deferred(self._cancel)
+        self.timer: Any = None
+        if attempt.pool_timeout is not None:
+            self.timer = pool._reactor.callLater(attempt.pool_timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _cancel(self, _: Deferred[Any]) -> None:
+        self._stop_timer()
         if self.inner is not None:
             self.inner.cancel()
         elif not self.cancelled:
             self.cancelled = True
             self.pool._waiter_cancelled(self.key)
 
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.inner is None and not self.cancelled:
+            self.cancelled = True
+            self.pool._waiter_cancelled(self.key)
+            attempt = self.attempt
+            assert attempt.pool_timeout is not None
+            self.d.errback(Failure(RequestTimeout("pool", attempt.pool_timeout, attempt.url)))
+
     def serve(self, inner: Deferred[Any]) -> None:
+        self._stop_timer()
         self.inner = inner
         inner.addBoth(self._fire)
 
@@ -388,6 +466,10 @@ class NousConnectionPool(HTTPConnectionPool):
         self._slots: dict[Hashable, set[_Slot]] = {}
         self._waiters: dict[Hashable, deque[_Waiter]] = {}
         self._waiting: dict[Hashable, int] = {}  # live (not cancelled) waiters per key
+        # The largest open, idle, in use and waiting seen per key, updated
+        # where each can grow (a slot taken, a connection cached or handed
+        # out, a request queued): O(1) each, no sampling.
+        self._peaks: dict[Hashable, list[int]] = {}
         self.generation = 0  # bumped when the TLS settings change
         #: queue entries skipped because their request was cancelled (for tests)
         self.waiter_scans = 0
@@ -431,6 +513,36 @@ class NousConnectionPool(HTTPConnectionPool):
             return self._waiting.get(key, 0)
         return sum(self._waiting.values())
 
+    def _peak(self, key: Hashable) -> None:
+        open_ = len(self._slots.get(key, ()))
+        idle = len(self._connections.get(key, ()))
+        in_use = max(0, open_ - idle)
+        waiting = self._waiting.get(key, 0)
+        peaks = self._peaks.get(key)
+        if peaks is None:
+            self._peaks[key] = [open_, idle, in_use, waiting]
+            return
+        if open_ > peaks[0]:
+            peaks[0] = open_
+        if idle > peaks[1]:
+            peaks[1] = idle
+        if in_use > peaks[2]:
+            peaks[2] = in_use
+        if waiting > peaks[3]:
+            peaks[3] = waiting
+
+    def stats(self) -> dict[Hashable, HostPoolStats]:
+        """Per pool key, the connections now and the largest numbers seen."""
+        out: dict[Hashable, HostPoolStats] = {}
+        for key, peaks in self._peaks.items():
+            open_ = len(self._slots.get(key, ()))
+            idle = len(self._connections.get(key, ()))
+            out[key] = HostPoolStats(
+                open=open_, idle=idle, in_use=max(0, open_ - idle), waiting=self._waiting.get(key, 0),
+                max_open=peaks[0], max_idle=peaks[1], max_in_use=peaks[2], max_waiting=peaks[3],
+            )
+        return out
+
     def _slot_released(self, slot: _Slot) -> None:
         slots = self._slots.get(slot.key)
         if slots is not None:
@@ -444,22 +556,10 @@ class NousConnectionPool(HTTPConnectionPool):
 
     def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
         ticket = CONNECT_TICKET.get()
-        attempt = _Attempt()
+        attempt = _Attempt(ticket)
         d = self._acquire(key, endpoint, attempt)
         if ticket is None:
             return d
-        if not d.called:
-            limit = ticket.connect_timeout
-            url = ticket.url if ticket.proxy is None else f"{ticket.url} through the proxy {ticket.proxy}"
-
-            def timed_out(result: Any, timeout: float) -> Any:
-                # Whatever the cancelled step failed with (CancelledError,
-                # ConnectingCancelledError, DNSLookupError...), it timed out.
-                if isinstance(result, Failure):
-                    return Failure(RequestTimeout("connect", limit, url, step=attempt.step))
-                return result
-
-            d.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
         on_connected = ticket.on_connected
 
         def connected(proto: Any) -> Any:
@@ -468,8 +568,9 @@ class NousConnectionPool(HTTPConnectionPool):
 
         return d.addCallback(connected)
 
-    def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Any:
-        """A healthy idle connection for ``key``, wrapped for a safe resend, or None."""
+    def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt | None = None) -> Any:
+        """A healthy idle connection for ``key``, wrapped for a safe resend
+        (on a fresh connection under ``attempt``'s connect limit), or None."""
         connections = self._connections.get(key)
         while connections:
             connection = connections.pop(0)
@@ -478,18 +579,26 @@ class NousConnectionPool(HTTPConnectionPool):
             if connection.state != "QUIESCENT" or is_closing(transport) or is_readable(transport):
                 abort_transport(transport)
                 continue
-            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint))
+            fresh = _Attempt()
+            if attempt is not None:
+                fresh.connect_timeout, fresh.url = attempt.connect_timeout, attempt.url
+            self._peak(key)  # one more in use
+            return _ReusedConnection(connection, partial(self._open, key, endpoint, fresh))
         return None
 
     def _acquire(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
-        cached = self._pop_cached(key, endpoint)
+        cached = self._pop_cached(key, endpoint, attempt)
         if cached is not None:
             return succeed(cached)
         if not self._waiting.get(key) and self.open_connections(key) < self.max_connections:
             return self._open(key, endpoint, attempt)
+        if attempt.pool_timeout is not None and attempt.pool_timeout <= 0:
+            # Told not to wait at all.
+            return fail(RequestTimeout("pool", attempt.pool_timeout, attempt.url))
         waiter = _Waiter(self, key, endpoint, attempt)
         self._waiters.setdefault(key, deque()).append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._peak(key)
         return waiter.d
 
     def _waiter_cancelled(self, key: Hashable) -> None:
@@ -517,7 +626,7 @@ class NousConnectionPool(HTTPConnectionPool):
             waiter = self._next_waiter(queue)
             if waiter is None:
                 break
-            cached = self._pop_cached(key, waiter.endpoint)
+            cached = self._pop_cached(key, waiter.endpoint, waiter.attempt)
             if cached is None and self.open_connections(key) >= self.max_connections:
                 queue.appendleft(waiter)
                 break
@@ -538,6 +647,7 @@ class NousConnectionPool(HTTPConnectionPool):
     def _open(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
         slot = _Slot(self, key)
         self._slots.setdefault(key, set()).add(slot)
+        self._peak(key)
         attempt.step = "dns"
 
         def quiescent(protocol: HTTP11ClientProtocol) -> None:
@@ -582,7 +692,22 @@ class NousConnectionPool(HTTPConnectionPool):
                 abort_transport(slot.protocol.transport)
             return f
 
-        return d.addErrback(failed)
+        d.addErrback(failed)
+        limit = attempt.connect_timeout
+        if limit is not None and not d.called:
+            # The connect clock starts now that the slot is granted: the wait
+            # for it is the pool phase, bounded by pool_timeout alone.
+            url = attempt.url
+
+            def timed_out(result: Any, timeout: float) -> Any:
+                # Whatever the cancelled step failed with (CancelledError,
+                # ConnectingCancelledError, DNSLookupError...), it timed out.
+                if isinstance(result, Failure):
+                    return Failure(RequestTimeout("connect", limit, url, step=attempt.step))
+                return result
+
+            d.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
+        return d
 
     # -- returning and dropping connections -------------------------------
 
@@ -598,6 +723,7 @@ class NousConnectionPool(HTTPConnectionPool):
             # Twisted calls it quiescent, but it is on its way out.
             return
         super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
+        self._peak(key)
         if key in self._waiters:
             # Not now: the quiescent callback runs before the protocol has
             # finished with the previous response.
@@ -639,6 +765,7 @@ class NousConnectionPool(HTTPConnectionPool):
         self._waiters.clear()
         self._waiting.clear()
         for waiter in waiters:
+            waiter._stop_timer()
             waiter.cancelled = True
             if not waiter.d.called:
                 waiter.d.errback(Failure(TransportError(
@@ -674,4 +801,4 @@ class NousConnectionPool(HTTPConnectionPool):
         return self.close_all()
 
 
-__all__ = ["NousConnectionPool", "abort_transport", "send_with_ticket"]
+__all__ = ["HostPoolStats", "NousConnectionPool", "abort_transport", "send_with_ticket"]

@@ -14,8 +14,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from .endpoints import SharedAgent
-from .pool import SHUTDOWN_WAIT, NousConnectionPool
-from .reactors import default_reactor
+from .pool import SHUTDOWN_WAIT, HostPoolStats, NousConnectionPool
+from .reactors import awaitable, default_reactor
 from .settings import Settings, current
 from .tls import build_policy, effective_bundle
 
@@ -52,6 +52,7 @@ class Shared:
         d = self.pool.close_all(wait)
         if _shared.get(self.reactor) is self:
             del _shared[self.reactor]
+            _retired[self.reactor] = self.pool
         trigger, self._trigger = self._trigger, None
         if trigger is not None:
             try:
@@ -68,13 +69,58 @@ except TypeError:  # pragma: no cover
     _shared = {}
 
 
+# The pool a shutdown() retired, per reactor, so that pool_stats() still
+# reports its numbers (the largest seen, and the connections still closing)
+# until a new pool is made.
+_retired: weakref.WeakKeyDictionary[Any, NousConnectionPool] | dict[Any, NousConnectionPool]
+try:
+    _retired = weakref.WeakKeyDictionary()
+except TypeError:  # pragma: no cover
+    _retired = {}
+
+
 def get_shared(reactor: Any | None = None) -> Shared:
     """The shared pool and agent of a reactor, made on first use."""
     reactor = default_reactor(reactor)
     s = _shared.get(reactor)
     if s is None:
+        _retired.pop(reactor, None)
         s = _shared[reactor] = Shared(reactor, current())
     return s
+
+
+def pool_stats(reactor: Any | None = None) -> dict[str, HostPoolStats]:
+    """The shared pool's connections per host, for dashboards and crawl stats.
+
+    Keys are ``"scheme://host:port"`` (``" via <proxy>"`` appended for a
+    route through a proxy, credentials masked); values are
+    :class:`~nous_twisted.pool.HostPoolStats`: ``open``, ``idle``,
+    ``in_use``, ``waiting`` now, and the largest of each seen since the pool
+    was made.  After :func:`shutdown` the retired pool's numbers stay
+    readable (its current counts fall to 0 as its connections close) until
+    the next call makes a new pool.  Empty when the reactor has no pool yet;
+    it never makes one.
+    """
+    reactor = default_reactor(reactor)
+    s = _shared.get(reactor)
+    pool = s.pool if s is not None else _retired.get(reactor)
+    if pool is None:
+        return {}
+    return {host_key(key): stats for key, stats in pool.stats().items()}
+
+
+def host_key(key: Any) -> str:
+    """A pool key, ``(scheme, host, port[, proxy])``, as ``scheme://host:port``."""
+    if not isinstance(key, tuple) or len(key) < 3:
+        return str(key)
+    scheme, host, port = (x.decode("ascii", "replace") if isinstance(x, bytes) else str(x) for x in key[:3])
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    text = f"{scheme}://{host}:{port}"
+    extra = [x for x in key[3:] if x is not None]
+    if extra:
+        text += " via " + " ".join(str(x) for x in extra)
+    return text
 
 
 def settings_changed(old: Settings, new: Settings) -> None:
@@ -91,12 +137,13 @@ def shutdown(reactor: Any | None = None, wait: float = SHUTDOWN_WAIT) -> Deferre
 
     Fires once they are closed, or after ``wait`` seconds at most.  It runs by
     itself before the reactor shuts down; the next call makes a new pool.
+    The Deferred can be awaited from an asyncio Task as well.
     """
     reactor = default_reactor(reactor)
     s = _shared.get(reactor)
     if s is None:
-        return succeed(None)
-    return s.shutdown(wait)
+        return awaitable(succeed(None))
+    return awaitable(s.shutdown(wait))
 
 
-__all__ = ["Shared", "get_shared", "settings_changed", "shutdown"]
+__all__ = ["HostPoolStats", "Shared", "get_shared", "pool_stats", "settings_changed", "shutdown"]

@@ -60,7 +60,7 @@ class StreamExchange:
 
     __slots__ = (
         "_aborted", "_body_over", "_body_transport", "_drain_timer", "_producer", "_request_d",
-        "clock", "connect_timeout", "core", "paused", "proxy", "shared_pool", "url",
+        "clock", "connect_timeout", "core", "paused", "pool_timeout", "proxy", "shared_pool", "url",
     )
 
     def __init__(
@@ -76,6 +76,7 @@ class StreamExchange:
         self.url = request.display_url
         self._producer: BytesProducer | None = BytesProducer(request.body)
         self.connect_timeout = connect_timeout
+        self.pool_timeout = request.pool_timeout
         self.shared_pool = shared_pool
         self.proxy = request.proxy  # the route, handed to the shared agent with the ticket
         self.paused = False
@@ -91,7 +92,10 @@ class StreamExchange:
         core.attach(self, registry)
         producer = self._producer
         assert producer is not None
-        d = send_with_ticket(lambda: send(producer), self.connect_timeout, core.connected, self.url, self.shared_pool, self.proxy)
+        d = send_with_ticket(
+            lambda: send(producer), self.connect_timeout, core.connected, self.url, self.shared_pool,
+            pool_timeout=self.pool_timeout, proxy=self.proxy,
+        )
         if not d.called:
             self._request_d = d
         d.addCallbacks(self._got_response, self._request_failed)

@@ -8,7 +8,7 @@ fail in the ways real providers and networks do: see :class:`Fault`.
 
 It also serves Anthropic-style (``POST /v1/messages``), Ollama-style
 (``POST /api/chat``, NDJSON) and Gemini-style (``:streamGenerateContent``, a
-JSON array, or SSE with ``?alt=sse``) replies.
+JSON array, or SSE with ``?alt=sse``) replies, and ``GET /v1/models``.
 
 It counts connections (``connections_made``, ``open_connections``,
 ``max_open_connections``) so tests can check pooling and limits on the real
@@ -21,6 +21,8 @@ socket.
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .reactors import default_reactor
+from .reactors import AwaitableDeferred, awaitable, default_reactor
 
 _WORDS = ["Hello", "from", "the", "fake", "LLM", "server", ".", "Twisted", "reactors", "stream", "tokens", "one", "at", "a", "time", ",", "and", "this", "reply", "is", "deterministic", "so", "that", "tests", "can", "check", "every", "byte", "."]
 
@@ -54,21 +56,34 @@ def reply_tokens(n: int) -> list[str]:
 class Fault:
     """A failure to inject into the next matching requests.
 
+    Faults queue up: ``inject(Fault(status=429, retry_after=1, times=1))``
+    fails the next request only, and the one after it succeeds, which is
+    what retry tests need.
+
     :ivar status: answer with this status and ``error_body`` (JSON) instead.
     :ivar error_body: the JSON error body for ``status``; an OpenAI-style
         body is made when None.
-    :ivar headers: extra response headers (``Retry-After``, ``Location``, ...).
+    :ivar headers: extra response headers, sent with ``status`` and with a
+        normal reply alike: ``Retry-After`` (seconds, or an HTTP date such as
+        ``email.utils.formatdate(time.time() + 2, usegmt=True)``),
+        ``retry-after-ms``, ``x-should-retry: false``, ``Location``...
     :ivar retry_after: shorthand for a ``Retry-After`` header, in seconds.
     :ivar stall_before_headers: accept the request and never answer.
+    :ivar reset_before_headers: accept the request, then reset the
+        connection (TCP RST) before any response byte: "connection lost
+        before any byte of the response", which a client may retry.
     :ivar stall_after_bytes: send the headers and this many body bytes, then
         go silent (the connection stays open).
     :ivar drop_after_bytes: send the headers and this many body bytes, then
-        drop the connection (the chunked body is never terminated).
+        drop the connection (the chunked body is never terminated).  0: a
+        stream fails before its first event; the size of the first event or
+        more: after it.
     :ivar times: how many requests it applies to (None: all of them).
     :ivar raw_body: for 2xx answers, send these bytes as the body instead.
     :ivar error_after_events: streams: after this many events, send the
         provider's in-stream error (Anthropic ``event: error`` overloaded,
         an OpenAI/Ollama/Gemini ``{"error": ...}`` object) and end the body.
+        0: the error comes before the first event.
     :ivar stall_after_events: streams: after this many events, go silent
         (the connection stays open).
     :ivar keepalive: with ``stall_after_events``: send a keep-alive (an SSE
@@ -82,6 +97,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: float | None = None
     stall_before_headers: bool = False
+    reset_before_headers: bool = False
     stall_after_bytes: int | None = None
     drop_after_bytes: int | None = None
     times: int | None = 1
@@ -114,12 +130,17 @@ class _CountingFactory(WrappingFactory):
 
 @dataclass
 class RecordedRequest:
-    """A request the server received."""
+    """A request the server received.
+
+    :ivar request_id: the ``x-request-id`` its reply carried (unique per
+        request; empty when the connection was reset before any reply).
+    """
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
+    request_id: str = ""
 
 
 class _Reply:
@@ -223,6 +244,13 @@ class _Endpoint(resource.Resource):
         self.fake = fake
 
     def render_GET(self, request: Request) -> bytes:
+        self.fake._request_id(request)
+        if request.path == b"/v1/models":
+            # What a health check or a model picker polls (OpenAI's list).
+            request.setHeader(b"content-type", b"application/json")
+            return orjson.dumps({"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "nous-twisted"},
+            ]})
         request.setResponseCode(405)
         request.setHeader(b"content-type", b"application/json")
         return orjson.dumps({"error": {"message": "use POST", "type": "invalid_request_error"}})
@@ -276,7 +304,8 @@ class FakeLLMServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> Deferred[FakeLLMServer]:
+    def start(self) -> AwaitableDeferred[FakeLLMServer]:
+        """Listen; fires with the server (at once: binding is synchronous)."""
         root = _Endpoint(self)
         site = server.Site(root)
         site.noisy = False
@@ -288,10 +317,10 @@ class FakeLLMServer:
         else:
             self._port = self.reactor.listenTCP(self._want_port, factory, interface="127.0.0.1")
         self._factory = factory
-        return succeed(self)
+        return awaitable(succeed(self))
 
-    def stop(self) -> Deferred[None]:
-        """Stop listening and drop every open connection."""
+    def stop(self) -> AwaitableDeferred[None]:
+        """Stop listening and drop every open connection; fires once all are closed."""
         for reply in list(self._replies):
             reply._gone(None)
         stopped = self._port.stopListening() if self._port is not None else None
@@ -304,14 +333,16 @@ class FakeLLMServer:
             for proto in list(self._factory.protocols):
                 if proto.transport is not None:
                     proto.transport.abortConnection()
-        return DeferredList(closing).addCallback(lambda _: None)
+        return awaitable(DeferredList(closing).addCallback(lambda _: None))
 
-    async def __aenter__(self) -> FakeLLMServer:
-        await self.start()
-        return self
+    # Not coroutines: what these return is awaited by ``async with``, and an
+    # AwaitableDeferred works in a Twisted-driven coroutine and in an asyncio
+    # Task alike, where a coroutine awaiting a plain Deferred would not.
+    def __aenter__(self) -> AwaitableDeferred[FakeLLMServer]:
+        return self.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def __aexit__(self, *exc: object) -> AwaitableDeferred[None]:
+        return self.stop()
 
     @property
     def port(self) -> int:
@@ -385,8 +416,13 @@ class FakeLLMServer:
             body = None
         headers = {k.decode("latin-1").lower(): b", ".join(v).decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
         path = request.path.decode("latin-1")
-        self.requests.append(RecordedRequest("POST", path, headers, body))
+        recorded = RecordedRequest("POST", path, headers, body)
+        self.requests.append(recorded)
         fault = self._next_fault()
+        if fault is not None and fault.reset_before_headers:
+            self._reset(request)
+            return NOT_DONE_YET
+        recorded.request_id = self._request_id(request)
         if fault is not None and fault.stall_before_headers:
             _Reply(self, request, fault)
             return NOT_DONE_YET
@@ -428,8 +464,29 @@ class FakeLLMServer:
     def _error(self, request: Request, status: int, body: Any) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"x-request-id", f"req_fake_{next(self._ids)}".encode())
         return body if isinstance(body, bytes) else orjson.dumps(body)
+
+    def _request_id(self, request: Request) -> str:
+        """Give the reply its ``x-request-id``, unique per request, as
+        providers do (OpenAI ``req_...``)."""
+        rid = f"req_fake_{next(self._ids)}"
+        request.setHeader(b"x-request-id", rid.encode())
+        return rid
+
+    @staticmethod
+    def _reset(request: Request) -> None:
+        """Close the connection with a TCP RST before any response byte."""
+        transport: Any = request.channel.transport if request.channel is not None else None
+        if transport is None:
+            return
+        sock = getattr(transport, "socket", None)
+        if sock is not None:
+            # SO_LINGER on, 0 s: close() sends RST rather than FIN.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # pragma: no cover - a plain close still loses the connection
+                pass
+        transport.abortConnection()
 
     def _tokens(self, body: dict[str, Any]) -> list[str]:
         n = body.get("max_tokens")
@@ -442,25 +499,37 @@ class FakeLLMServer:
         tokens = self._tokens(body)
         cid = f"chatcmpl-fake-{next(self._ids)}"
         created = int(time.time())
-        request.setHeader(b"x-request-id", f"req_{cid}".encode())
+        usage = {"prompt_tokens": 8, "completion_tokens": len(tokens), "total_tokens": 8 + len(tokens)}
         if not body.get("stream"):
             self._send_whole(request, reply, orjson.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 8, "completion_tokens": len(tokens), "total_tokens": 8 + len(tokens)},
+                "usage": usage,
             }), self.token_delay * len(tokens))
             return
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            return b"data: " + orjson.dumps({
+            data: dict[str, Any] = {
                 "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }) + b"\n\n"
+            }
+            if include_usage:
+                data["usage"] = None  # as OpenAI sends it on every chunk but the last
+            return b"data: " + orjson.dumps(data) + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": t} if i == 0 else {"content": t}, None)
                   for i, t in enumerate(tokens)]
         events.append(chunk({}, "stop"))
+        if include_usage:
+            # stream_options.include_usage: one more chunk, with no choices
+            # and the usage of the whole request, before [DONE].
+            events.append(b"data: " + orjson.dumps({
+                "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [], "usage": usage,
+            }) + b"\n\n")
         self._send_stream(request, reply, "sse", events, [b"data: [DONE]\n\n"],
                           b'data: {"error": {"message": "The server had an error while processing your request.", '
                           b'"type": "server_error", "code": null}}\n\n')
@@ -471,7 +540,9 @@ class FakeLLMServer:
         model = str(body.get("model", "claude-fake"))
         tokens = self._tokens(body)
         mid = f"msg_fake_{next(self._ids)}"
-        request.setHeader(b"request-id", f"req_{mid}".encode())
+        # Anthropic's name for it; the same id as x-request-id, so both agree.
+        rid = request.responseHeaders.getRawHeaders(b"x-request-id") or [f"req_{mid}".encode()]
+        request.setHeader(b"request-id", rid[0])
         if not body.get("stream"):
             self._send_whole(request, reply, orjson.dumps({
                 "id": mid, "type": "message", "role": "assistant", "model": model,
@@ -559,6 +630,8 @@ class FakeLLMServer:
         if f is not None and f.raw_body is not None:
             payload = f.raw_body
         sliced = f is not None and (f.stall_after_bytes is not None or f.drop_after_bytes is not None)
+        if not request.responseHeaders.hasHeader(b"content-type"):
+            request.setHeader(b"content-type", b"application/json")
         if not sliced:
             # A whole body: send a Content-Length, as most APIs do for JSON.
             request.setHeader(b"content-length", str(len(payload)).encode())
