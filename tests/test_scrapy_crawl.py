@@ -151,7 +151,9 @@ async def test_post_pipeline_enriches_every_item_through_faults(tmp_path: Path) 
     labelled = [i for i in result.items if "label" in i]
     assert len(labelled) == PAGES - 2
     assert all(i["label"] == "".join(reply_tokens(5)) for i in labelled)
-    assert all(i["request_id"].startswith("req_chatcmpl") for i in labelled)
+    # Each reply's own x-request-id, through Reply.request_id.
+    assert len({i["request_id"] for i in labelled}) == PAGES - 2
+    assert all(i["request_id"].startswith("req_") for i in labelled)
     assert result.nous() == {
         "nous/request_count": PAGES,
         "nous/response_count": PAGES - 2 + 8,
@@ -215,9 +217,12 @@ async def test_stream_pipeline_enriches_every_item_through_faults(tmp_path: Path
         "nous/retry/reason_count/HTTP 500": 3,
         "nous/exception_count": 2,
         "nous/exception_type_count/RequestTimeout": 2,
-        "nous/stream/event_count": 13 * (PAGES - 2),
+        # 12 tokens, the finish chunk and the usage chunk (include_usage).
+        "nous/stream/event_count": 14 * (PAGES - 2),
         "nous/stream/terminal_count/stop": PAGES - 2,
         "nous/stream/terminal_count/RequestTimeout": 2,
+        "nous/usage/prompt_tokens": 8 * (PAGES - 2),
+        "nous/usage/completion_tokens": 12 * (PAGES - 2),
     }
 
 
