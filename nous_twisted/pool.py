@@ -646,6 +646,10 @@ class _PooledProtocol(HTTP11ClientProtocol):
 
 
 class _PooledFactory(Factory):
+    # One factory a connection: Twisted's "Starting factory" line for each
+    # would flood an application's log (Scrapy's, at INFO).
+    noisy = False
+
     def __init__(self, slot: _Slot, quiescent: Callable[[HTTP11ClientProtocol], None]) -> None:
         self._slot = slot
         self._quiescent = quiescent
