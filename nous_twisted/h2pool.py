@@ -391,9 +391,10 @@ def h2_pool_stats(reactor: Any = None) -> dict[str, dict[str, int]]:
     return {} if pool is None else pool.stats()
 
 
-def _as_host_stats(reactor: Any) -> dict[str, HostPoolStats]:
+def _as_host_stats(shared: Shared) -> dict[str, HostPoolStats]:
+    pool = _pools.get(shared)
     out = {}
-    for name, s in h2_pool_stats(reactor).items():
+    for name, s in ({} if pool is None else pool.stats()).items():
         conns = s["connections"] + s["connecting"]
         busy = s["busy"] + s["connecting"]
         out[f"{name} (h2)"] = HostPoolStats(

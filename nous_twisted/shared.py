@@ -106,18 +106,20 @@ def pool_stats(reactor: Any | None = None) -> dict[str, HostPoolStats]:
     s = _shared.get(reactor)
     pool = s.pool if s is not None else _retired.get(reactor)
     out = {} if pool is None else {host_key(key): stats for key, stats in pool.stats().items()}
-    for provider in _stats_providers:
-        out.update(provider(reactor))
+    if s is not None:
+        for provider in _stats_providers:
+            out.update(provider(s))
     return out
 
 
 # Pools beside the shared one (the h2 registry) add their hosts here: they
 # sit above this module, which cannot import them.
-_stats_providers: list[Callable[[Any], dict[str, HostPoolStats]]] = []
+_stats_providers: list[Callable[[Shared], dict[str, HostPoolStats]]] = []
 
 
-def add_stats_provider(provider: Callable[[Any], dict[str, HostPoolStats]]) -> None:
-    """Have :func:`pool_stats` include ``provider(reactor)``'s hosts."""
+def add_stats_provider(provider: Callable[[Shared], dict[str, HostPoolStats]]) -> None:
+    """Have :func:`pool_stats` include ``provider(shared)``'s hosts (never
+    called for a reactor with no pool: it must not make one)."""
     if provider not in _stats_providers:
         _stats_providers.append(provider)
 
