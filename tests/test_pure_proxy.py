@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import pickle
+import sys
+from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
+from nous_twisted import proxy as proxy_module
 from nous_twisted.proxy import (
     UNSET,
     EnvironmentProxies,
@@ -21,6 +26,27 @@ from nous_twisted.proxy import (
 from nous_twisted.request import prepare
 
 PASSWORD = "s3cret-pa55word"
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    """Every test parses its URLs and reads its environment itself.
+
+    The module keeps parsed proxy URLs, environment readings, the
+    ``os.environ`` reader and its encoded names between calls: a value an
+    earlier test left there would skip the code under test (and under
+    mutmut, which forks each mutant from a process that already ran the
+    tests, a mutated parser or reader would go unseen)."""
+
+    def clear() -> None:
+        proxy_module._parsed.clear()
+        proxy_module._env_cache.clear()
+        proxy_module._raw_environ.clear()
+        proxy_module._RawEnviron._keys.clear()
+
+    clear()
+    yield
+    clear()
 
 
 def basic(user: str, password: str) -> bytes:
@@ -536,3 +562,195 @@ def test_proxy_for_normalises_the_host() -> None:
     assert env.proxy_for("https", "other.example", 443) == Proxy("http", "p", 1)
     assert env.proxy_for("http", "other.example", 80) is None  # no http proxy in it
 
+
+
+# ---------------------------------------------------------------- edges the tests above leave open
+
+
+@pytest.mark.parametrize(
+    "no_proxy, url, direct",
+    [
+        # a scheme given with an address or a range holds for that scheme only
+        ("http://127.0.0.1", "http://127.0.0.1/", True),
+        ("http://127.0.0.1", "https://127.0.0.1/", False),
+        ("https://10.0.0.0/8", "https://10.0.0.1/", True),
+        ("https://10.0.0.0/8", "http://10.0.0.1/", False),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/", True),
+        ("http://127.0.0.1:8080", "https://127.0.0.1:8080/", False),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:9090/", False),
+        ("https://10.0.0.0/8:443", "https://10.0.0.1/", True),
+        ("https://10.0.0.0/8:443", "http://10.0.0.1:443/", False),
+        ("https://10.0.0.0/8:443", "https://10.0.0.1:8443/", False),
+        # subdomain rules keep their port and scheme
+        ("*.example.com:8443", "https://api.example.com:8443/", True),
+        ("*.example.com:8443", "https://api.example.com/", False),
+        ("https://*.example.com", "https://api.example.com/", True),
+        ("https://*.example.com", "http://api.example.com/", False),
+        (".example.com:8443", "https://api.example.com:8443/", True),
+        (".example.com:8443", "https://api.example.com/", False),
+        ("https://.example.com", "https://api.example.com/", True),
+        ("https://.example.com", "http://api.example.com/", False),
+        ("https://*.example.com:8443", "https://api.example.com:8443/", True),
+        ("https://.example.com:8443", "https://api.example.com:8443/", True),
+        # one-letter domains
+        ("*.a", "https://x.a/", True),
+        (".a", "https://x.a/", True),
+        ("a", "https://x.a/", True),
+        # a target host in another script is compared in its IDNA form
+        ("xn--bcher-kva.example", "https://ｂücher.example/", True),
+    ],
+)
+def test_no_proxy_more(no_proxy: str, url: str, direct: bool) -> None:
+    assert no_proxy_says(no_proxy, url) is direct
+
+
+@pytest.mark.parametrize("value", ["*.", ".", "**", "*", "[::1]]:80", "http://a://b", "https://", "[::1", "a:x"])
+def test_entries_that_mean_nothing_make_no_rule(value: str) -> None:
+    rules = parse_no_proxy("keep.example," + value)
+    if value == "*":
+        assert rules is None
+    else:
+        assert rules is not None and [r.value for r in rules] == ["keep.example"]
+
+
+def test_rule_values() -> None:
+    rules = parse_no_proxy("https://*.a.example:8443, http://.b.example, 10.0.0.1/8, [::1]:81, http://127.0.0.1")
+    assert rules is not None
+    got = [(r.kind, str(r.value), r.port, r.scheme) for r in rules]
+    assert got == [
+        ("sub", "a.example", 8443, "https"),
+        ("sub", "b.example", None, "http"),
+        ("net", "10.0.0.0/8", None, None),
+        ("ip", "::1", 81, None),
+        ("ip", "127.0.0.1", None, "http"),
+    ]
+
+
+def test_cache_limits_are_exact() -> None:
+    # a full cache is emptied before the next entry goes in
+    for i in range(proxy_module._PARSED_CACHE_SIZE):
+        parse_proxy_url(f"http://h{i}.example:1")
+    assert len(proxy_module._parsed) == proxy_module._PARSED_CACHE_SIZE
+    parse_proxy_url("http://one-more.example:1")
+    assert len(proxy_module._parsed) == 1
+    for i in range(proxy_module._ENV_CACHE_SIZE):
+        environment_proxies({"HTTPS_PROXY": f"http://p{i}:1"})
+    assert len(proxy_module._env_cache) == proxy_module._ENV_CACHE_SIZE
+    environment_proxies({"HTTPS_PROXY": "http://one-more:1"})
+    assert len(proxy_module._env_cache) == 1
+
+
+def test_exact_environment_messages() -> None:
+    # a bare host:port is read as an http:// URL, and the message says which variable
+    with pytest.raises(ValueError) as e:
+        choose_proxy("https://t/", environ={"HTTPS_PROXY": "proxy:bad"})
+    assert str(e.value) == (
+        "the environment variable HTTPS_PROXY = 'http://proxy:bad': the proxy port is not a number in 1-65535"
+    )
+    with pytest.raises(ValueError) as e2:
+        choose_proxy("http://t/", environ={"HTTP_PROXY": "http://proxy:bad"})
+    assert str(e2.value) == (
+        "the environment variable HTTP_PROXY = 'http://proxy:bad': the proxy port is not a number in 1-65535"
+    )
+    with pytest.raises(ValueError) as e3:
+        choose_proxy("http://t/", environ={"http_proxy": "http://proxy:bad"})
+    assert str(e3.value).startswith("the environment variable http_proxy = ")
+
+
+def test_from_url_names_its_source() -> None:
+    with pytest.raises(ValueError) as e:
+        Proxy.from_url("http://p:x", "S")
+    assert str(e.value) == "S = 'http://p:x': the proxy port is not a number in 1-65535"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://a:1:2", "S = 'http://a:1:2': write an IPv6 proxy address in brackets, as in 'http://[::1]:3128'"),
+        ("http://[::1]]:1", "S = 'http://[::1]]:1': only ':port' may follow the IPv6 address of the proxy"),
+        ("http://a\x7fb:1", "S = 'http://a\\x7fb:1': the proxy URL contains whitespace or control characters"),
+        ("http://a\x1fb:1", "S = 'http://a\\x1fb:1': the proxy URL contains whitespace or control characters"),
+    ],
+)
+def test_more_exact_messages(url: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_proxy_url(url, "S")
+    assert str(e.value) == message
+
+
+# ---------------------------------------------------------------- the os.environ reader
+
+
+def test_raw_environ_reads_like_os_environ() -> None:
+    raw = proxy_module._RawEnviron({b"A": b"1", b"B": b"caf\xc3\xa9", b"C": b"\xff", b"N\xff": b"v", b"E": b""})
+    assert raw.get("A") == "1"
+    assert raw.get("B") == "café"
+    # bytes that are not UTF-8 come back as os.environ gives them: surrogate escapes
+    assert raw.get("C") == "\udcff"
+    assert raw.get("N\udcff") == "v"
+    assert "N\udcff" in raw
+    assert raw.get("E") == ""
+    assert raw.get("missing") is None
+    assert raw.get("missing", "d") == "d"
+    assert "A" in raw and "E" in raw
+    assert "missing" not in raw
+    assert b"A" not in raw and 3 not in raw
+    # the name's encoding is kept, and gives the same answer next time
+    assert raw.get("A") == "1" and "A" in raw
+
+
+def test_raw_environ_follows_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.name != "posix":
+        pytest.skip("os.environ keeps bytes only on POSIX")
+    env = proxy_module._os_environ()
+    assert isinstance(env, proxy_module._RawEnviron)
+    assert proxy_module._os_environ() is env
+    monkeypatch.setenv("NOUS_Q_PROBE", "x\udcffy")
+    assert env.get("NOUS_Q_PROBE") == os.environ["NOUS_Q_PROBE"] == "x\udcffy"
+    assert "NOUS_Q_PROBE" in env
+    monkeypatch.delenv("NOUS_Q_PROBE")
+    assert env.get("NOUS_Q_PROBE") is None and "NOUS_Q_PROBE" not in env
+    for name, value in os.environ.items():
+        assert env.get(name) == value
+
+
+def test_upper_case_http_proxy_from_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://from-os:1")
+    assert choose_proxy("http://t/") == Proxy("http", "from-os", 1)
+    # under CGI the upper-case one is a request header: ignored
+    monkeypatch.setenv("REQUEST_METHOD", "GET")
+    assert choose_proxy("http://t/") is None
+
+
+class _Environ(dict):  # type: ignore[type-arg]
+    """Stands in for os.environ: a mapping with the ``_data`` it may keep."""
+
+    def __init__(self, data: object) -> None:
+        super().__init__(X="1")
+        if data is not None:
+            self._data = data
+
+
+@pytest.mark.parametrize(
+    "name, data, raw",
+    [
+        ("posix", {b"X": b"1"}, True),
+        ("posix", {}, True),  # nothing set yet: still bytes
+        ("nt", {b"X": b"1"}, False),
+        ("nt", {}, False),
+        ("posix", {"X": "1"}, False),  # keys that are not bytes
+        ("posix", [(b"X", b"1")], False),  # not a dict
+        ("posix", None, False),  # no _data at all
+    ],
+)
+def test_os_environ_reader_choice(monkeypatch: pytest.MonkeyPatch, name: str, data: object, raw: bool) -> None:
+    environ = _Environ(data)
+    monkeypatch.setattr(proxy_module, "os", SimpleNamespace(name=name, environ=environ, sys=sys))
+    got = proxy_module._os_environ()
+    if raw:
+        assert isinstance(got, proxy_module._RawEnviron)
+        assert got._data is data
+    else:
+        assert got is environ
+    assert proxy_module._os_environ() is got

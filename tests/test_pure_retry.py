@@ -230,3 +230,65 @@ def test_response_headers_mapping() -> None:
     raw = ResponseHeaders.from_raw([(b"X-A", [b"1", b"2"]), (b"x-a", [b"3"])])
     assert raw["x-a"] == "1, 2, 3"
     assert "ResponseHeaders({'x-a': '1, 2, 3'})" == repr(raw)
+
+
+# Whole messages, so that a changed word or type name is seen.
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"max_retries": 1.5}, TypeError, "RetryPolicy.max_retries must be an int, not float"),
+        ({"max_retries": -1}, ValueError, "RetryPolicy.max_retries must be 0 or more, not -1"),
+        ({"initial_delay": "1"}, TypeError, "RetryPolicy.initial_delay must be a number of seconds, not str"),
+        ({"max_delay": None}, TypeError, "RetryPolicy.max_delay must be a number of seconds, not NoneType"),
+        ({"max_retry_after": -1}, ValueError, "RetryPolicy.max_retry_after must be a finite number of seconds >= 0, not -1"),
+        ({"max_delay": float("inf")}, ValueError, "RetryPolicy.max_delay must be a finite number of seconds >= 0, not inf"),
+        ({"jitter": "x"}, TypeError, "RetryPolicy.jitter must be a number between 0 and 1, not str"),
+        ({"jitter": 1.5}, ValueError, "RetryPolicy.jitter must be between 0 and 1, not 1.5"),
+        ({"statuses": "429"}, TypeError, "RetryPolicy.statuses must be a collection of status codes, not str"),
+        ({"statuses": 429}, TypeError, "RetryPolicy.statuses must be a collection of status codes, not int"),
+        ({"statuses": [429.0]}, TypeError, "RetryPolicy.statuses must hold ints, not float (429.0)"),
+        ({"statuses": [599, 600]}, ValueError, "RetryPolicy.statuses: 600 is not an HTTP status code (100-599)"),
+        ({"retry_timeouts": 1}, TypeError, "RetryPolicy.retry_timeouts must be a bool, not int"),
+    ],
+)
+def test_exact_messages(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as e:
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    assert type(e.value) is error
+    assert str(e.value) == message
+
+
+def test_exact_coerce_messages() -> None:
+    with pytest.raises(TypeError) as e:
+        RetryPolicy.coerce(2.0)
+    assert str(e.value) == "retries must be an int (the number of retries), a RetryPolicy or None, not float"
+    with pytest.raises(ValueError) as e2:
+        RetryPolicy.coerce(-2)
+    assert str(e2.value) == "retries must be 0 or more, not -2"
+
+
+def test_next_retry_uses_the_server_delay_and_the_given_rand() -> None:
+    p = RetryPolicy(initial_delay=1.0, jitter=0.5, max_retries=3)
+    # the error's own delay, not the backoff
+    assert p.next_retry(1, status(429, retry_after=3.0), rand=lambda: 1.0) == Retry("HTTP 429", 3.0)
+    # the backoff, jittered by the rand given (not random.random)
+    assert p.next_retry(1, status(503), rand=lambda: 1.0) == Retry("HTTP 503", 1.0)
+    assert p.next_retry(0, status(503), rand=lambda: 0.0) == Retry("HTTP 503", 1.0)
+    assert p.next_retry(2, ConnectError("x"), rand=lambda: 0.5) == Retry("connect error", 3.0)
+
+
+def test_server_delay_of_an_int_and_out_of_range_values() -> None:
+    p = RetryPolicy(initial_delay=2.0, jitter=0.0, max_retry_after=5.0)
+    got = p.delay(0, status(429, retry_after=3))
+    assert got == 3.0 and type(got) is float
+    assert p.delay(0, status(429, retry_after=-1.0)) == 2.0  # a negative delay is not honoured
+    assert p.delay(0, status(429, retry_after=5.0000001)) == 2.0
+
+
+def test_x_should_retry_absent_or_empty_leaves_it_to_the_status_list() -> None:
+    p = RetryPolicy()
+    assert p.reason(status(503, x_should_retry="")) == "HTTP 503"
+    assert p.reason(status(400, x_should_retry="")) is None
+    # header names are case-insensitive
+    err = HTTPStatusError(400, {}, {"X-Should-Retry": "true"}, None, None)
+    assert p.reason(err) == "HTTP 400, x-should-retry: true"
