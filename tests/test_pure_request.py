@@ -428,3 +428,81 @@ def test_only_spaces_and_tabs_are_stripped_from_values_and_tokens() -> None:
 
 def test_a_shown_header_does_not_hide_the_ones_after_it() -> None:
     assert request_secrets([(b"User-Agent", b"agent/1.0 long"), (b"X-Key", b"12345678")]) == (b"12345678",)
+
+
+# -- the Client's additions: method, base URLs, joining -------------------------
+
+
+def test_prepare_method_default_and_get() -> None:
+    from nous_twisted.request import prepare
+
+    assert prepare(URL, b"", None).method == b"POST"
+    with pytest.raises(TypeError) as e:
+        prepare(URL, {"a": 1}, None, method=b"GET")
+    assert str(e.value) == "a GET request has no body: pass body=None"
+    get = prepare(URL, None, None, method=b"GET", accept=b"application/json")
+    assert get.method == b"GET" and get.body == b""
+    assert get.headers == (
+        (b"accept", b"application/json"),
+        (b"user-agent", USER_AGENT),
+        (b"accept-encoding", b"gzip, deflate"),
+    )
+    assert prepare(URL, b"x", None, method=b"PUT").headers[0] == (b"content-type", b"application/json")
+    assert prepare(URL, b"", None).pool_timeout is None and prepare(URL, b"", None).proxy is None
+
+
+def test_check_base_url() -> None:
+    from nous_twisted.request import check_base_url
+
+    assert check_base_url(None) is None
+    assert check_base_url("https://api.example.com/v1") == "https://api.example.com/v1"
+    for bad in ("https://api.example.com/v1?key=abcdefgh", "https://api.example.com/v1#frag"):
+        with pytest.raises(ValueError) as e:
+            check_base_url(bad)
+        assert "abcdefgh" not in str(e.value)
+        assert str(e.value).endswith("has a query or fragment; put query parameters in each call's path")
+        assert str(e.value).startswith("base_url 'https://api.example.com/v1")
+    with pytest.raises(TypeError):
+        check_base_url(3)
+    with pytest.raises(ValueError, match="no scheme"):
+        check_base_url("api.example.com/v1")
+
+
+@pytest.mark.parametrize(
+    "base, url, joined",
+    [
+        ("https://a.example/v1", "/chat/completions", "https://a.example/v1/chat/completions"),
+        ("https://a.example/v1/", "/chat", "https://a.example/v1/chat"),
+        ("https://a.example/v1//", "//chat", "https://a.example/v1/chat"),
+        ("https://a.example/v1", "chat", "https://a.example/v1/chat"),
+        ("https://a.example", "", "https://a.example/"),
+        ("https://a.example/v1", "/x?q=1", "https://a.example/v1/x?q=1"),
+        ("https://a.example/v1", "https://b.example/y", "https://b.example/y"),
+        ("https://a.example/v1", "git+ssh://b/y", "git+ssh://b/y"),
+        ("https://a.example/v1", "a-b.c://b/y", "a-b.c://b/y"),
+        ("https://a.example/v1", "1http://b/y", "https://a.example/v1/1http://b/y"),
+        ("https://a.example/v1", "http:/b/y", "https://a.example/v1/http:/b/y"),
+        (None, "https://b.example/y", "https://b.example/y"),
+        (None, "api.example.com/v1", "api.example.com/v1"),
+    ],
+)
+def test_join_url(base: str | None, url: str, joined: str) -> None:
+    from nous_twisted.request import join_url
+
+    assert join_url(base, url) == joined
+
+
+def test_join_url_errors() -> None:
+    from nous_twisted.request import join_url
+
+    assert join_url("https://a.example", 3) == 3  # prepare() reports the type
+    assert join_url(None, b"/x") == b"/x"
+    with pytest.raises(ValueError) as e:
+        join_url(None, "/v1/chat?key=sk-secret-value")
+    assert str(e.value) == (
+        "'/v1/chat' is a relative URL and there is no base_url: pass a full URL "
+        "('https://api.example.com/v1/chat/completions') or use Client(base_url=...)"
+    )
+    with pytest.raises(ValueError) as e:
+        join_url(None, "/" + "a" * 100)
+    assert str(e.value).startswith("'/" + "a" * 79 + "' is a relative URL")

@@ -103,3 +103,54 @@ def test_google_retry_info_needs_its_type() -> None:
     assert parse_retry_after({}, body) is None
     body = {"error": {"details": [{"@type": "google.rpc.RetryInfo", "retryDelay": "6s"}]}}
     assert parse_retry_after({}, [body]) == 6.0
+
+
+# -- the Client's additions: per-status classes, Reply, headers, request ids ----
+
+
+def test_status_error_picks_the_class_and_keeps_the_mapping() -> None:
+    from nous_twisted.errors import AuthenticationError, InternalServerError, RateLimitError
+    from nous_twisted.headers import ResponseHeaders
+
+    h = Headers({b"X-Request-Id": [b"req_9"], b"Retry-After": [b"2"]})
+    err = status_error(429, h, b'{"error": {"message": "slow"}}', "https://h/x")
+    assert type(err) is RateLimitError and err.retry_after == 2.0 and err.request_id == "req_9"
+    assert isinstance(err.headers, ResponseHeaders) and err.headers["x-request-id"] == "req_9"
+    assert type(status_error(401, Headers(), b"", "u")) is AuthenticationError
+    assert type(status_error(502, Headers(), b"", "u")) is InternalServerError
+    assert type(status_error(418, Headers(), b"", "u")) is HTTPStatusError
+
+
+def test_a_407_says_the_proxy_asked_for_credentials() -> None:
+    err = status_error(407, Headers(), b"", "http://h/x")
+    assert str(err) == (
+        "HTTP 407 from http://h/x; the proxy asked for credentials: give them in the proxy URL "
+        "(http://user:password@host:port), or check the ones given"
+    )
+    assert err.args == (str(err),)
+    assert "proxy" not in str(status_error(408, Headers(), b"", "http://h/x"))
+
+
+def test_request_id_of_and_response_headers() -> None:
+    from nous_twisted.response import request_id_of, response_headers
+
+    openai = response_headers(Headers({b"X-Request-Id": [b"req_1"], b"Request-Id": [b"other"]}))
+    assert request_id_of(openai) == "req_1"
+    anthropic = response_headers(Headers({b"Request-Id": [b"req_2"]}))
+    assert request_id_of(anthropic) == "req_2"
+    assert request_id_of(response_headers(Headers())) is None
+    assert request_id_of(response_headers(Headers({b"x-request-id": [b""], b"request-id": [b"r3"]}))) == "r3"
+    both = response_headers(Headers({b"X-Thing": [b"a", b"b"]}))
+    assert dict(both) == {"x-thing": "a, b"}
+
+
+def test_reply_is_frozen_with_its_fields() -> None:
+    import dataclasses
+
+    from nous_twisted.headers import ResponseHeaders
+    from nous_twisted.response import Reply
+
+    r = Reply({"a": 1}, 200, ResponseHeaders({"x": "1"}), "req", 0.5)
+    assert (r.value, r.status, r.request_id, r.elapsed, r.attempts) == ({"a": 1}, 200, "req", 0.5, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.status = 201  # type: ignore[misc]
