@@ -12,11 +12,11 @@ from .eventstream import EventStream
 from .request import HeadersArg, prepare
 from .resolve import check_config, resolve_http_backend, resolve_stream_backend
 from .response import to_value
-from .settings import PoolSettings, Settings
+from .settings import UNSET, PoolSettings, Settings
 from .shared import settings_changed
 from .tls import load_ca_bundle
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET  # its repr tells help(configure) what leaving an argument out means
 
 
 def configure(
