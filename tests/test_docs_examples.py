@@ -288,3 +288,47 @@ async def test_shown_output_is_what_the_command_prints(block: Block, tmp_path: P
     assert normalize(result.stdout) == normalize(block.code), (
         f"{block.id}: the page shows output that `{block.marker_text}` no longer prints; it prints:\n{result.stdout}"
     )
+
+
+def documented_names(page: str) -> set[str]:
+    """The names in the first column of the page's tables, backticks removed."""
+    names = set()
+    for line in (ROOT / "docs" / page).read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\| `([^`]+)`", line)
+        if m:
+            names.add(m[1])
+    return names
+
+
+def test_configuration_reference_is_complete() -> None:
+    """Every parameter and environment variable has a row in docs/configuration.md."""
+    import inspect
+
+    import nous_twisted
+    from nous_twisted import AgentStreamBackend, PoolSettings, TreqStreamBackend
+
+    documented = documented_names("configuration.md")
+    wanted: set[str] = set()
+    for fn in (nous_twisted.configure, nous_twisted.post, nous_twisted.stream, PoolSettings,
+               TreqStreamBackend, AgentStreamBackend):
+        wanted |= {p for p in inspect.signature(fn).parameters if p not in ("self", "request")}
+    # the environment variables the package reads
+    for path in (ROOT / "nous_twisted").rglob("*.py"):
+        if "bench" in path.parts:
+            continue
+        source = path.read_text(encoding="utf-8")
+        wanted |= set(re.findall(r"""environ(?:\.get)?[\[(]\s*["']([A-Z][A-Z0-9_]+)["']""", source))
+        wanted |= set(re.findall(r"""env_name\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", source))
+    wanted |= {"NOUS_HTTP_BACKEND", "NOUS_HTTP_STREAM_BACKEND"}
+    assert {"timeout", "idle_timeout", "SSL_CERT_FILE", "NOUS_TWISTED_NO_SPEEDUPS", "OPENAI_API_KEY"} <= wanted
+    missing = sorted(wanted - documented)
+    assert not missing, f"docs/configuration.md has no row for: {', '.join(missing)}"
+
+
+def test_every_page_is_in_the_toctree() -> None:
+    """A new page must be linked from index.md (Sphinx -W would fail the docs build anyway)."""
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    toctree = index[index.index("```{toctree}"):]
+    for page in (ROOT / "docs").glob("*.md"):
+        if page.name != "index.md":
+            assert re.search(rf"^{re.escape(page.stem)}$", toctree, re.M), f"{page.name} is not in index.md's toctree"
