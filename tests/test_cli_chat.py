@@ -38,6 +38,12 @@ def run(*args: str, stdin: str | None = None, extra_env: dict[str, str] | None =
     )
 
 
+def current_reactor() -> str:
+    from twisted.internet import reactor
+
+    return "asyncio" if "asyncio" in type(reactor).__module__ else "default"
+
+
 def run_in_thread(*args: str, **kw: Any) -> Any:
     """Run the command without blocking the reactor serving the fake server."""
     return deferToThread(run, *args, **kw)
@@ -77,29 +83,44 @@ def test_every_option_has_help_in_plain_text(command: str | None) -> None:
             assert has_text or re.match(r"^ {4,}\S", nxt), f"no help for {line.strip()!r}"
 
 
-@pytest.mark.parametrize("command", ["chat", "demo"])
-@pytest.mark.parametrize(
-    ("url", "why"),
-    [
-        ("api.openai.com/v1", "has no scheme"),
-        ("ftp://example.com/v1", "scheme 'ftp'"),
-        ("http://user:hunter2@example.com/v1", "user info"),
-        ("http://example.com:99999/v1", "outside 1-65535"),
-        ("https://exa mple.com/v1", "whitespace"),
-    ],
-)
-def test_a_bad_base_url_is_one_line(command: str, url: str, why: str) -> None:
-    result = run(command, "--base-url", url, "hello" if command == "chat" else "--reactor=default",
-                 extra_env={"OPENAI_API_KEY": "sk-SECRET"})
-    assert result.returncode == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+BAD_URLS = [
+    ("api.openai.com/v1", "has no scheme"),
+    ("ftp://example.com/v1", "scheme 'ftp'"),
+    ("http://user:hunter2@example.com/v1", "user info"),
+    ("http://example.com:99999/v1", "outside 1-65535"),
+    ("https://exa mple.com/v1", "whitespace"),
+]
+
+
+def check_bad_url_output(command: str, why: str, code: int, out: str, err: str) -> None:
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith(f"nous-twisted {command}: bad --base-url: ")
     assert why in lines[0]
-    assert "Traceback" not in result.stderr
-    assert "hunter2" not in result.stderr and "SECRET" not in result.stderr
-    assert "/chat/completions" not in result.stderr  # the URL given, not one the command made from it
+    assert "Traceback" not in err
+    assert "hunter2" not in err and "SECRET" not in err
+    assert "/chat/completions" not in err  # the URL given, not one the command made from it
+
+
+@pytest.mark.parametrize("command", ["chat", "demo"])
+@pytest.mark.parametrize(("url", "why"), BAD_URLS)
+def test_a_bad_base_url_is_one_line(command: str, url: str, why: str, capsys: Any, monkeypatch: Any) -> None:
+    from nous_twisted.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET")
+    code = main([command, "--base-url", url, *(["hello"] if command == "chat" else [])])
+    captured = capsys.readouterr()
+    check_bad_url_output(command, why, code, captured.out, captured.err)
+
+
+@pytest.mark.parametrize("command", ["chat", "demo"])
+def test_a_bad_base_url_is_one_line_in_a_process(command: str) -> None:
+    url, why = BAD_URLS[2]
+    result = run(command, "--base-url", url, *(["hello"] if command == "chat" else []),
+                 extra_env={"OPENAI_API_KEY": "sk-SECRET"})
+    check_bad_url_output(command, why, result.returncode, result.stdout, result.stderr)
 
 
 def test_chat_without_a_prompt_is_an_error() -> None:
@@ -115,10 +136,11 @@ def test_chat_bad_options(args: list[str]) -> None:
     assert "usage:" in result.stderr
 
 
-@pytest.mark.parametrize("reactor", ["default", "asyncio"])
 @pytest.mark.parametrize("backend", ["treq", "agent"])
 @pytest_twisted.ensureDeferred
-async def test_chat_openai_prompt_argument(reactor: str, backend: str) -> None:
+async def test_chat_openai_prompt_argument(backend: str) -> None:
+    # the command runs under the reactor of this test run: each reactor in its run
+    reactor = current_reactor()
     async with FakeLLMServer(reply_tokens=6, api_key="sk-test-SECRET") as server:
         result = await run_in_thread(
             "chat", "--base-url", server.url + "/v1", "--model", "m-1", "--backend", backend,
@@ -138,9 +160,9 @@ async def test_chat_openai_prompt_argument(reactor: str, backend: str) -> None:
         ]
 
 
-@pytest.mark.parametrize("reactor", ["default", "asyncio"])
 @pytest_twisted.ensureDeferred
-async def test_chat_prompt_from_stdin_and_base_url_from_environment(reactor: str) -> None:
+async def test_chat_prompt_from_stdin_and_base_url_from_environment() -> None:
+    reactor = current_reactor()
     async with FakeLLMServer(reply_tokens=6) as server:
         result = await run_in_thread(
             "chat", "--reactor", reactor, stdin="a prompt\nof two lines\n",
@@ -154,9 +176,9 @@ async def test_chat_prompt_from_stdin_and_base_url_from_environment(reactor: str
         assert req.body["model"] == "gpt-4o-mini"
 
 
-@pytest.mark.parametrize("reactor", ["default", "asyncio"])
 @pytest_twisted.ensureDeferred
-async def test_chat_anthropic(reactor: str) -> None:
+async def test_chat_anthropic() -> None:
+    reactor = current_reactor()
     async with FakeLLMServer(reply_tokens=6, api_key="sk-ant-SECRET") as server:
         result = await run_in_thread(
             "chat", "--api", "anthropic", "--base-url", server.url + "/v1", "--max-tokens", "64",
@@ -199,9 +221,9 @@ def test_chat_auto_picks_anthropic_by_host() -> None:
         "openai", "https://api.anthropic.com/v1/chat/completions")
 
 
-@pytest.mark.parametrize("reactor", ["default", "asyncio"])
 @pytest_twisted.ensureDeferred
-async def test_chat_http_error_exits_1_with_one_line_and_a_hint(reactor: str) -> None:
+async def test_chat_http_error_exits_1_with_one_line_and_a_hint() -> None:
+    reactor = current_reactor()
     async with FakeLLMServer(api_key="right") as server:
         result = await run_in_thread("chat", "--base-url", server.url + "/v1", "--reactor", reactor, "hi",
                                      extra_env={"OPENAI_API_KEY": "sk-wrong-SECRET"})
