@@ -332,3 +332,31 @@ def test_every_page_is_in_the_toctree() -> None:
     for page in (ROOT / "docs").glob("*.md"):
         if page.name != "index.md":
             assert re.search(rf"^{re.escape(page.stem)}$", toctree, re.M), f"{page.name} is not in index.md's toctree"
+
+
+@pytest.mark.parametrize(
+    ("program", "ok", "says"),
+    [
+        ("async def main(reactor):\n    pass\n", False, "never runs them"),
+        ("from twisted.internet import defer, task\nasync def main(reactor):\n    pass\n"
+         "task.react(lambda r: defer.ensureDeferred(main(r)))\n", True, ""),
+        ("print('no coroutines: nothing to run')\n", True, ""),
+        ("raise SystemExit(3)\n", False, ""),
+    ],
+)
+def test_the_runner_fails_what_it_should(program: str, ok: bool, says: str, tmp_path: Path) -> None:
+    path = tmp_path / "example.py"
+    path.write_text(program, encoding="utf-8")
+    result = run([sys.executable, "-c", RUNNER, str(path)], child_env("http://127.0.0.1:9", current_reactor()), tmp_path)
+    assert (result.returncode == 0) is ok, result.stderr
+    assert says in result.stderr
+
+
+def test_a_fragment_is_completed_into_a_program() -> None:
+    block = Block(ROOT / "README.md", 1, "python", 'reply = await post(url, body, headers)\n', "fragment", "x = 1\n")
+    program = program_for(block, "http://F")
+    compile(program, "fragment", "exec")
+    assert "    x = 1\n" in program and "    reply = await post(url, body, headers)\n" in program
+    assert '"stream": False' in program  # post: a non-streaming body
+    block.code = "async for e in stream(url, body, headers):\n    pass\n"
+    assert '"stream": True' in program_for(block, "http://F")
