@@ -15,11 +15,12 @@ from .request import HeadersArg
 from .resolve import check_config
 from .response import Reply
 from .retry import RetryPolicy
+from .settings import UNSET as _KEEP
 from .settings import PoolSettings, Settings
 from .shared import settings_changed
 from .tls import load_ca_bundle
 
-_UNSET: Any = UNSET
+_UNSET: Any = _KEEP  # its repr tells help(configure) what leaving an argument out means
 
 
 def configure(

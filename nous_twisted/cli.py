@@ -1,4 +1,8 @@
-"""The ``nous-twisted`` command: ``demo`` (and ``bench`` with the extra installed)."""
+"""The nous-twisted command: chat, demo and bench (also run as python -m nous_twisted).
+
+Plain text on purpose: this docstring is the --help description, and argparse
+prints it as it is.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,52 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 
+PROG = "nous-twisted"
+DESCRIPTION = "A Twisted-native HTTP transport for LLM APIs: chat with an endpoint, run the demo or the benchmarks."
+EPILOG = "Run 'nous-twisted COMMAND --help' for a command's options. Also runs as 'python -m nous_twisted'."
+
+OPENAI_DEFAULT = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT = "https://api.anthropic.com/v1"
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def check_base_url(base_url: str) -> str | None:
+    """The one-line reason ``base_url`` cannot be used, or None when it can."""
+    from .request import prepare
+
+    try:
+        prepare(base_url, b"", ())
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _install_reactor(name: str) -> None:
+    if name == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+
+
+def _run(coro_fn: Any) -> int:
+    """Run ``coro_fn(reactor)`` under the installed reactor; exit with the code it returns."""
+    from twisted.internet import task
+
+    async def run(reactor: Any) -> None:
+        code = await coro_fn(reactor)
+        if code:
+            raise SystemExit(code)
+
+    # react() exits the process itself, with the code run() raised.
+    task.react(lambda reactor: ensureDeferred(run(reactor)))
+    return 0  # pragma: no cover (react never returns)
+
 
 def _demo_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -19,10 +69,12 @@ def _demo_parser(sub: Any) -> None:
         description="Start the embedded fake LLM server (or use --base-url), call it "
         "through each backend and print the replies and a summary.",
     )
-    p.add_argument("--base-url", help="an OpenAI-compatible base URL, e.g. https://api.openai.com/v1; "
-                   "the key is read from OPENAI_API_KEY")
+    p.add_argument("--base-url", metavar="URL",
+                   help="an OpenAI-compatible base URL, e.g. https://api.openai.com/v1, instead of the embedded "
+                   "fake server; the key is read from OPENAI_API_KEY")
     p.add_argument("--model", default="gpt-4o-mini", help="the model name (default: %(default)s)")
-    p.add_argument("--prompt", default="Say hello to a Twisted reactor in one sentence.")
+    p.add_argument("--prompt", default="Say hello to a Twisted reactor in one sentence.",
+                   help="the user message sent (default: %(default)r)")
     p.add_argument("--reactor", choices=("default", "asyncio"), default="default",
                    help="the Twisted reactor to run under (default: %(default)s)")
 
@@ -62,6 +114,10 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
     fake = None
     headers: dict[str, str] = {}
     if args.base_url:
+        problem = check_base_url(args.base_url)
+        if problem:
+            print(f"nous-twisted demo: bad --base-url: {problem}", file=sys.stderr)
+            return 2
         key = os.environ.get("OPENAI_API_KEY")
         if not key:
             print("nous-twisted demo: --base-url needs the API key in OPENAI_API_KEY", file=sys.stderr)
@@ -113,6 +169,138 @@ async def _demo(reactor: Any, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _chat_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="stream one reply from an OpenAI-compatible or Anthropic endpoint",
+        description="Send PROMPT (or, without it, everything read from standard input) as one user message "
+        "and print the reply as it streams. The key is read from OPENAI_API_KEY, or ANTHROPIC_API_KEY for "
+        "Anthropic (no key is sent when it is unset: local servers such as Ollama, vLLM or llama.cpp need none). "
+        "Exits 0 when the reply completed, 1 when the call failed, 2 for bad arguments.",
+    )
+    p.add_argument("prompt", nargs="?", metavar="PROMPT",
+                   help="the user message (default: read standard input to its end)")
+    p.add_argument("--base-url", metavar="URL", default=None,
+                   help=f"the API base URL (default: $OPENAI_BASE_URL, else {OPENAI_DEFAULT}; "
+                   f"$ANTHROPIC_BASE_URL, else {ANTHROPIC_DEFAULT}, with --api anthropic); the request goes to "
+                   "URL/chat/completions, or URL/messages for Anthropic")
+    p.add_argument("--api", choices=("auto", "openai", "anthropic"), default="auto",
+                   help="the request and event format: 'openai' (chat completions, also vLLM, llama.cpp, LiteLLM, "
+                   "Ollama's /v1) or 'anthropic' (messages); 'auto' picks anthropic when the base URL's host "
+                   "contains 'anthropic' (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="the model name (default: gpt-4o-mini, or claude-sonnet-4-5 for Anthropic)")
+    p.add_argument("--system", metavar="TEXT", default=None, help="a system prompt (default: none)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
+                   help="the most tokens in the reply (default: %(default)s)")
+    p.add_argument("--backend", choices=("treq", "agent"), default=None,
+                   help="the stream backend (default: $NOUS_HTTP_STREAM_BACKEND, else treq)")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                   help="the longest wait for the next event (default: %(default)s)")
+    p.add_argument("--reactor", choices=("default", "asyncio"), default="default",
+                   help="the Twisted reactor to run under (default: %(default)s)")
+
+
+def chat_request(args: argparse.Namespace, prompt: str) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+    """(api, url, body, headers) of the chat call ``args`` describe."""
+    from urllib.parse import urlsplit
+
+    base = args.base_url
+    api = args.api
+    if api == "auto":
+        if base is None:
+            api = "openai" if os.environ.get("OPENAI_BASE_URL") or not os.environ.get("ANTHROPIC_BASE_URL") else "anthropic"
+        else:
+            api = "anthropic" if "anthropic" in (urlsplit(base).hostname or "") else "openai"
+    if base is None:
+        if api == "anthropic":
+            base = os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT
+        else:
+            base = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT
+    base = base.rstrip("/")
+    headers: dict[str, str] = {}
+    messages: list[dict[str, str]] = []
+    if api == "anthropic":
+        key = os.environ.get("ANTHROPIC_API_KEY")
+        if key:
+            headers["x-api-key"] = key
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        body: dict[str, Any] = {"model": args.model or "claude-sonnet-4-5", "max_tokens": args.max_tokens, "stream": True}
+        if args.system:
+            body["system"] = args.system
+        body["messages"] = [{"role": "user", "content": prompt}]
+        return api, base + "/messages", body, headers
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": prompt})
+    body = {"model": args.model or "gpt-4o-mini", "max_tokens": args.max_tokens, "stream": True, "messages": messages}
+    return api, base + "/chat/completions", body, headers
+
+
+def event_text(api: str, event: Any) -> str:
+    """The reply text one data event carries ('' for the others)."""
+    if not isinstance(event, dict):
+        return ""
+    if api == "anthropic":
+        if event.get("type") == "content_block_delta":
+            return str((event.get("delta") or {}).get("text") or "")
+        return ""
+    choices = event.get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+async def _chat(reactor: Any, args: argparse.Namespace, prompt: str) -> int:
+    from . import HTTPStatusError, StreamDone, StreamError, shutdown, stream
+
+    api, url, body, headers = chat_request(args, prompt)
+    problem = check_base_url(url)
+    if problem:
+        print(f"nous-twisted chat: bad --base-url: {problem}", file=sys.stderr)
+        return 2
+    code = 1
+    wrote = False
+    try:
+        async with stream(url, body, headers, stream_backend=args.backend, timeout=args.timeout, reactor=reactor) as s:
+            async for event in s:
+                if isinstance(event, StreamDone):
+                    code = 0 if event.reason in ("stop", "eof") else 1
+                elif isinstance(event, StreamError):
+                    if wrote:
+                        sys.stdout.write("\n")
+                        sys.stdout.flush()
+                    error = event.error
+                    hint = ""
+                    if isinstance(error, HTTPStatusError) and error.status in (401, 403):
+                        hint = f" (is {'ANTHROPIC_API_KEY' if api == 'anthropic' else 'OPENAI_API_KEY'} set and valid?)"
+                    print(f"nous-twisted chat: {type(error).__name__}: {error}{hint}", file=sys.stderr)
+                    return 1
+                else:
+                    text = event_text(api, event)
+                    if text:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+                        wrote = True
+    finally:
+        await shutdown(reactor)
+    if wrote:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return code
+
+
+def _read_prompt(args: argparse.Namespace) -> str | None:
+    if args.prompt is not None:
+        return str(args.prompt)
+    if sys.stdin is None:
+        return None
+    if sys.stdin.isatty():
+        print("nous-twisted chat: reading the prompt from standard input (end it with Ctrl-D)", file=sys.stderr)
+    return sys.stdin.read()
+
+
 def _bench_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
@@ -138,11 +326,30 @@ def _bench_parser(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nous-twisted", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _chat_parser(sub)
     _demo_parser(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "chat":
+        if args.base_url is not None:
+            problem = check_base_url(args.base_url)
+            if problem:
+                print(f"nous-twisted chat: bad --base-url: {problem}", file=sys.stderr)
+                return 2
+        if args.max_tokens < 1:
+            parser.error("--max-tokens must be at least 1")
+        if not args.timeout > 0 or args.timeout == float("inf"):
+            parser.error("--timeout must be a positive, finite number of seconds")
+        prompt = _read_prompt(args)
+        if not prompt or not prompt.strip():
+            print("nous-twisted chat: no prompt: give one as an argument or on standard input", file=sys.stderr)
+            return 2
+        _install_reactor(args.reactor)
+        return _run(lambda reactor: _chat(reactor, args, prompt))
     if args.command == "bench":
         try:
             import aiohttp  # noqa: F401
@@ -161,19 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(quick=args.quick, out_dir=args.out, runs=args.runs, force=args.force)
     if args.command == "demo":
-        if args.reactor == "asyncio":
-            from twisted.internet import asyncioreactor
-
-            asyncioreactor.install()
-        from twisted.internet import task
-
-        async def run(reactor: Any) -> None:
-            code = await _demo(reactor, args)
-            if code:
-                raise SystemExit(code)
-
-        # react() exits the process itself, with the code run() raised.
-        task.react(lambda reactor: ensureDeferred(run(reactor)))
+        if args.base_url is not None:
+            problem = check_base_url(args.base_url)
+            if problem:
+                print(f"nous-twisted demo: bad --base-url: {problem}", file=sys.stderr)
+                return 2
+        _install_reactor(args.reactor)
+        return _run(lambda reactor: _demo(reactor, args))
     parser.error(f"unknown command {args.command}")
     return 2
 
