@@ -231,7 +231,7 @@ async def test_chat_http_error_exits_1_with_one_line_and_a_hint() -> None:
         assert result.stdout == ""
         err = result.stderr.strip().splitlines()
         assert len(err) == 1, result.stderr
-        assert err[0].startswith("nous-twisted chat: HTTPStatusError:") and "401" in err[0]
+        assert err[0].startswith("nous-twisted chat: AuthenticationError: HTTP 401")
         assert "OPENAI_API_KEY set and valid" in err[0]
         assert "SECRET" not in result.stderr
 
