@@ -506,3 +506,15 @@ def test_join_url_errors() -> None:
     with pytest.raises(ValueError) as e:
         join_url(None, "/" + "a" * 100)
     assert str(e.value).startswith("'/" + "a" * 79 + "' is a relative URL")
+
+
+def test_join_url_edges() -> None:
+    from nous_twisted.request import join_url
+
+    # only a trailing or leading slash is dropped, never a letter
+    assert join_url("https://a.example/vX", "/c") == "https://a.example/vX/c"
+    assert join_url("https://a.example/v1", "Xray") == "https://a.example/v1/Xray"
+    # the message shows the path before the first "?", nothing after it
+    with pytest.raises(ValueError) as e:
+        join_url(None, "/a?b?key=c")
+    assert str(e.value).startswith("'/a' is a relative URL")

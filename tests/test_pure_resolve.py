@@ -219,3 +219,26 @@ def test_path_forms_split_where_documented(mod: Any) -> None:
     with pytest.raises(BackendConfigError) as e:
         resolve_http_backend("nous_pure_resolve_mod.Outer.Inner")
     assert "cannot import it (ModuleNotFoundError: No module named 'nous_pure_resolve_mod.Outer'" in str(e.value)
+
+
+def test_a_builtin_whose_extra_is_missing_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nous_twisted import resolve
+
+    resolve._builtin_instances.clear()
+    # h2 is importable here (the test extra): the name resolves to the class
+    assert type(resolve._coerce("http", "h2", "the backend= argument")).__name__ == "H2Backend"
+    assert type(resolve._coerce("stream", " h2 ", "x")).__name__ == "H2StreamBackend"
+    # without it, the error says which extra to install, naming the setting
+    monkeypatch.setitem(sys.modules, "h2", None)
+    resolve._builtin_instances.clear()
+    with pytest.raises(BackendConfigError) as e:
+        resolve._coerce("http", "h2", "the backend= argument")
+    assert str(e.value).startswith(
+        "the backend= argument = 'h2': the 'h2' backend needs the 'http2' extra: pip install 'nous-twisted[http2]'. "
+        "Accepted: "
+    )
+    assert e.value.setting == "the backend= argument" and e.value.value == "h2"
+    with pytest.raises(BackendConfigError, match="NOUS_HTTP_STREAM_BACKEND = ' h2 '"):
+        resolve._coerce("stream", " h2 ", "the environment variable NOUS_HTTP_STREAM_BACKEND")
+    # other names need no extra
+    resolve._check_extra("treq", "s", "treq", "a")
