@@ -233,10 +233,11 @@ def test_a_builtin_whose_extra_is_missing_names_it(monkeypatch: pytest.MonkeyPat
     resolve._builtin_instances.clear()
     with pytest.raises(BackendConfigError) as e:
         resolve._coerce("http", "h2", "the backend= argument")
-    assert str(e.value).startswith(
+    assert str(e.value) == (
         "the backend= argument = 'h2': the 'h2' backend needs the 'http2' extra: pip install 'nous-twisted[http2]'. "
-        "Accepted: "
+        f"Accepted: {resolve._ACCEPTED.format(iface='IHTTPBackend')}."
     )
+    assert "None" not in str(e.value)
     assert e.value.setting == "the backend= argument" and e.value.value == "h2"
     with pytest.raises(BackendConfigError, match="NOUS_HTTP_STREAM_BACKEND = ' h2 '"):
         resolve._coerce("stream", " h2 ", "the environment variable NOUS_HTTP_STREAM_BACKEND")
