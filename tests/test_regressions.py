@@ -597,7 +597,7 @@ def test_item15_no_warning_at_shutdown_under_W_error(backend: str, reactor_name:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-W", "error", str(script), reactor_name, backend],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and proc.stderr == "", f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
 
 
