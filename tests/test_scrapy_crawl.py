@@ -304,7 +304,9 @@ async def test_a_stalled_call_at_the_end_is_explained_in_the_log(tmp_path: Path)
     async with FakeLLMServer() as llm:
         llm.inject(Fault(stall_before_headers=True, times=1))
         result = await crawl(tmp_path, {
-            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_TIMEOUT": "3",
+            # Long enough that, on a loaded machine, the downloads end before the
+            # stalled call's timeout does: the message is about that wait.
+            "NOUS_BASE_URL": llm.url + "/v1", "ITEM_PIPELINES": ONLY_LABELS, "NOUS_TIMEOUT": "10",
         }, args=("-a", f"start_url={site.url}"))
     await site.port.stopListening()
     assert_clean(result)
@@ -314,7 +316,7 @@ async def test_a_stalled_call_at_the_end_is_explained_in_the_log(tmp_path: Path)
                   r"the longest for up to (\d+\.\d) s more \(NOUS_TIMEOUT\)", result.log)
     assert m is not None, result.log[-3000:]
     assert int(m.group(1)) >= 1
-    assert 0 <= float(m.group(2)) <= 3
+    assert 0 <= float(m.group(2)) <= 10
     assert result.log.count("downloads are done") == 1
     assert [i["nous_error"]["type"] for i in result.items if "nous_error" in i] == ["RequestTimeout"]
     assert len(result.items) == PAGES
