@@ -356,13 +356,8 @@ class Client:
         ), proxy)
         fmt = check_format(format)
         impl = resolve_stream_backend(self._stream_backend if stream_backend is UNSET else stream_backend)
-        timeout = self._timeout if timeout is UNSET else check_seconds("timeout", timeout)
-        connect_timeout = (
-            self._connect_timeout if connect_timeout is UNSET else check_seconds("connect_timeout", connect_timeout)
-        )
-        agent = self._agent if agent is UNSET else check_agent(agent)
+        timeout, connect_timeout, agent, policy = self._overrides(timeout, connect_timeout, agent, retries)
         reactor = self._reactor if reactor is UNSET else reactor
-        policy = _policy(self._retries if retries is UNSET else RetryPolicy.coerce(retries))
         observed = watched()
         if policy is None and not observed:
             plain: EventStream = impl.stream(
@@ -383,6 +378,18 @@ class Client:
         if describe is not None:
             emit(describe(START, 1))
         return EventStream(AttemptsCore(reactor, attempt, policy, describe), reactor)
+
+    def _overrides(
+        self, timeout: Any, connect_timeout: Any, agent: Any, retries: Any
+    ) -> tuple[float, float, Any, RetryPolicy | None]:
+        """A call's limits, agent and retry policy: its own values, checked,
+        or the client's (already checked) where it gave none."""
+        return (
+            self._timeout if timeout is UNSET else check_seconds("timeout", timeout),
+            self._connect_timeout if connect_timeout is UNSET else check_seconds("connect_timeout", connect_timeout),
+            self._agent if agent is UNSET else check_agent(agent),
+            _policy(self._retries if retries is UNSET else RetryPolicy.coerce(retries)),
+        )
 
     def _route(self, request: HTTPRequest, proxy: Any) -> HTTPRequest:
         """``request`` with its proxy chosen: the call's, the client's,
@@ -416,13 +423,8 @@ class Client:
             pool_timeout=self._pool_timeout if pool_timeout is UNSET else check_pool_timeout(pool_timeout),
         ), proxy)
         impl = resolve_http_backend(self._backend if backend is UNSET else backend)
-        timeout = self._timeout if timeout is UNSET else check_seconds("timeout", timeout)
-        connect_timeout = (
-            self._connect_timeout if connect_timeout is UNSET else check_seconds("connect_timeout", connect_timeout)
-        )
-        agent = self._agent if agent is UNSET else check_agent(agent)
+        timeout, connect_timeout, agent, policy = self._overrides(timeout, connect_timeout, agent, retries)
         reactor = default_reactor(self._reactor if reactor is UNSET else reactor)
-        policy = _policy(self._retries if retries is UNSET else RetryPolicy.coerce(retries))
         if policy is None and not watched():
             d: Deferred[Any] = impl.post(
                 request, timeout=timeout, connect_timeout=connect_timeout, agent=agent, reactor=reactor
