@@ -29,11 +29,13 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import URI, Agent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
+from .body import OneWriteRequest
 from .pool import CONNECT_TICKET
 from .proxy import Proxy
 from .tunnel import ProxyEndpoint
@@ -83,6 +85,41 @@ class SharedAgent(Agent):
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
+
+    def _requestWithEndpoint(
+        self,
+        key: Any,
+        endpoint: IStreamClientEndpoint,
+        method: bytes,
+        parsedURI: URI,
+        headers: Headers | None,
+        bodyProducer: IBodyProducer | None,
+        requestPath: bytes,
+    ) -> Deferred[IResponse]:
+        """Twisted's, sending a :class:`~nous_twisted.body.OneWriteRequest`
+        (a body in memory written with its head).  The method was checked by
+        ``request.prepare``; ``Host`` was added by :meth:`request`."""
+        if headers is None:
+            headers = Headers()
+        if not headers.hasHeader(b"host"):
+            headers = headers.copy()
+            headers.addRawHeader(b"host", self._computeHostValue(parsedURI.scheme, parsedURI.host, parsedURI.port))  # type: ignore[no-untyped-call]
+        pool = self._pool
+        persistent = pool.persistent
+
+        def connected(proto: HTTP11ClientProtocol) -> Deferred[IResponse]:
+            return proto.request(
+                OneWriteRequest._construct(  # type: ignore[no-untyped-call]
+                    method, requestPath, headers, bodyProducer, persistent=persistent, parsedURI=parsedURI
+                )
+            )
+
+        now = getattr(pool, "connection_now", None)
+        if now is not None:
+            proto = now(key, endpoint)
+            if proto is not None:
+                return connected(proto)
+        return pool.getConnection(key, endpoint).addCallback(connected)
 
     def _plan(self, uri: bytes) -> _Plan:
         parsed = URI.fromBytes(uri.strip())
@@ -150,7 +187,7 @@ class SharedAgent(Agent):
         if parsed.scheme == b"http" and proxy.authorization is not None:
             # In a tunnel the proxy never sees the request: CONNECT carried it.
             headers.setRawHeaders(b"proxy-authorization", [proxy.authorization])
-        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer, target)  # type: ignore[arg-type]
+        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer, target)
 
     def request(
         self,

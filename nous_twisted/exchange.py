@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
+from .body import BytesProducer
 from .compression import STEP, Decompressor, decompressor_for
 from .errors import BufferOverflow, NousHTTPError, RequestTimeout, StreamTruncated
 from .failures import classify, describe, reasons
@@ -32,51 +32,6 @@ log = Logger(namespace="nous_twisted")
 
 # A non-streaming reply larger than this is refused rather than buffered.
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
-
-
-#: Methods sent without a body: no producer, hence no ``Content-Length: 0``.
-BODYLESS_METHODS = frozenset((b"GET", b"HEAD"))
-
-
-def body_for(request: HTTPRequest, body: BytesProducer) -> BytesProducer | None:
-    """The body producer to send ``request`` with: None for a GET."""
-    return None if request.method in BODYLESS_METHODS else body
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written in one go.
-
-    Cheaper than FileBodyProducer, which schedules a cooperator task per body.
-    """
-
-    __slots__ = ("_body", "length")
-
-    def __init__(self, body: bytes) -> None:
-        self._body: bytes | None = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        if self._body is None:
-            return fail(RuntimeError("the request body was released: the response had begun"))
-        consumer.write(self._body)
-        return succeed(None)
-
-    def release(self) -> None:
-        """The response has begun, so the request will not be sent again:
-        let the body go (Twisted holds the request until the response ends,
-        which for a stream is minutes)."""
-        self._body = None
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
 
 
 class _BodyCollector(Protocol):

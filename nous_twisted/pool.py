@@ -53,7 +53,7 @@ from typing import Any
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.tcp import Connection as tcp_Connection
 from twisted.logger import Logger
@@ -61,6 +61,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     BODY,
+    STATUS,
     HTTP11ClientProtocol,
     RequestNotSent,
     RequestTransmissionFailed,
@@ -72,6 +73,8 @@ from zope.interface import implementer
 
 from .chunked import install_decoder
 from .errors import RequestTimeout, TransportError
+from .head import hook_present as parse_hook_present
+from .head import take_head
 from .settings import PoolSettings
 
 log = Logger(namespace="nous_twisted.pool")
@@ -527,6 +530,7 @@ class _PooledProtocol(HTTP11ClientProtocol):
     _head_error: TransportError | None = None
     _fast_write: bool | None = None  # the transport's kind for the write path, checked on first use
     _fast_head: bool | None = None  # Twisted's parser proxy where _HeadProxy replaces it, checked on first use
+    _fast_parse: bool | None = None  # a parser head.take_head can fill, checked on first use
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
@@ -613,6 +617,18 @@ class _PooledProtocol(HTTP11ClientProtocol):
             super().dataReceived(bytes)  # type: ignore[no-untyped-call]
             return
         self._head_bytes += len(bytes)
+        if parser.state == STATUS and self._fast_parse is not False:
+            if self._fast_parse is None:
+                self._fast_parse = parse_hook_present(parser) and hasattr(self, "_giveUp")  # once per connection
+            if self._fast_parse:
+                try:
+                    rest = take_head(parser, bytes)
+                except BaseException:
+                    # Where Twisted's parser would have raised: the same end.
+                    self._giveUp(Failure())  # type: ignore[no-untyped-call]
+                    return
+                if rest is not None:
+                    bytes = rest
         proxy = self._transportProxy
         if type(proxy) is _HeadProxy:
             proxy.holding = True
@@ -790,6 +806,8 @@ class NousConnectionPool(HTTPConnectionPool):
         # where each can grow (a slot taken, a connection cached or handed
         # out, a request queued): O(1) each, no sampling.
         self._peaks: dict[Hashable, list[int]] = {}
+        # The idle timers of connections handed out, kept for their return.
+        self._busy_timers: dict[HTTP11ClientProtocol, IDelayedCall] = {}
         self.generation = 0  # bumped when the TLS settings change
         #: queue entries skipped because their request was cancelled (for tests)
         self.waiter_scans = 0
@@ -802,7 +820,7 @@ class NousConnectionPool(HTTPConnectionPool):
         self.max_connections = settings.max_connections
         self.maxPersistentPerHost = settings.max_connections
         # Twisted declares this an int but only ever passes it to callLater.
-        self.cachedConnectionTimeout = settings.timeout / 1000.0  # type: ignore[assignment]
+        self.cachedConnectionTimeout = settings.idle_timeout  # type: ignore[assignment]
         for key, conns in list(self._connections.items()):
             while len(conns) > self.maxPersistentPerHost:
                 self._removeConnection(key, conns[0])
@@ -888,17 +906,30 @@ class NousConnectionPool(HTTPConnectionPool):
 
         return d.addCallback(connected)
 
+    def connection_now(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Any:
+        """What :meth:`getConnection` would hand out at once (a cached
+        connection, the request's connect phase over), or None: then call
+        :meth:`getConnection`.  Spares a fired Deferred and its callbacks on
+        every request that finds an idle connection."""
+        ticket = CONNECT_TICKET.get()
+        cached = self._pop_cached(key, endpoint, _Attempt(ticket))
+        if cached is not None and ticket is not None:
+            ticket.on_connected()
+        return cached
+
     def _pop_cached(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt | None = None) -> Any:
         """A healthy idle connection for ``key``, wrapped for a safe resend
         (on a fresh connection under ``attempt``'s connect limit), or None."""
         connections = self._connections.get(key)
         while connections:
             connection = connections.pop(0)
-            self._timeouts.pop(connection).cancel()
+            call = self._timeouts.pop(connection)
             transport = connection.transport
             if connection.state != "QUIESCENT" or is_closing(transport) or is_readable(transport):
+                call.cancel()
                 abort_transport(transport)
                 continue
+            self._busy_timers[connection] = call  # reset, not cancelled, when it comes back
             fresh = _Attempt()
             if attempt is not None:
                 fresh.connect_timeout, fresh.url = attempt.connect_timeout, attempt.url
@@ -1042,12 +1073,30 @@ class NousConnectionPool(HTTPConnectionPool):
             # in-stream error, then the chunk terminator in the same read):
             # Twisted calls it quiescent, but it is on its way out.
             return
-        super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
+        # Twisted's, except that a connection's idle timer is kept while it
+        # carries a request and pushed back when it returns (one reset, not a
+        # callLater and a cancel per request).
+        connections = self._connections.setdefault(key, [])
+        if len(connections) >= self.maxPersistentPerHost:
+            self._removeConnection(key, connections[0])
+            connections = self._connections.setdefault(key, [])
+        connections.append(connection)
+        call = self._busy_timers.pop(connection, None)
+        if call is not None and call.active():
+            call.reset(self.cachedConnectionTimeout)
+        else:
+            call = self._reactor.callLater(self.cachedConnectionTimeout, self._idle_expired, key, connection)
+        self._timeouts[connection] = call
         self._peak(key)
         if key in self._waiters:
             # Not now: the quiescent callback runs before the protocol has
             # finished with the previous response.
             self._reactor.callLater(0, self._serve_waiters, key)
+
+    def _idle_expired(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
+        if self._busy_timers.pop(connection, None) is not None:
+            return  # it carries a request: a new timer starts when it comes back
+        self._removeConnection(key, connection)
 
     def _removeConnection(self, key: Hashable, connection: HTTP11ClientProtocol) -> None:
         # Abort rather than loseConnection: an idle TLS connection waiting for
@@ -1069,6 +1118,9 @@ class NousConnectionPool(HTTPConnectionPool):
             call = self._timeouts.pop(connection, None)
             if call is not None and call.active():
                 call.cancel()
+        call = self._busy_timers.pop(connection, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def new_generation(self) -> None:
         """The TLS trust roots changed: close every idle connection now, and
@@ -1095,6 +1147,10 @@ class NousConnectionPool(HTTPConnectionPool):
             for conn in conns:
                 self._timeouts.pop(conn).cancel()
         self._connections = {}
+        for call in self._busy_timers.values():
+            if call.active():
+                call.cancel()
+        self._busy_timers.clear()
         closed: list[Deferred[None]] = []
         for slots in list(self._slots.values()):
             for slot in list(slots):

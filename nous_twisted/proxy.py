@@ -328,6 +328,8 @@ def _ip_rule(text: str, port: int | None, scheme: str | None) -> _Rule | None:
 
 _ENV_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 _LOWER = {name: name.lower() for name in _ENV_NAMES}
+# Every variable read: the proxy ones in both cases, and REQUEST_METHOD (httpoxy).
+_READ_NAMES = tuple(n for name in _ENV_NAMES for n in (name, name.lower())) + ("REQUEST_METHOD",)
 
 
 class _RawEnviron:
@@ -340,13 +342,14 @@ class _RawEnviron:
     entries as bytes, kept in step by ``os.environ`` itself.
     """
 
-    __slots__ = ("_data", "_encoding")
+    __slots__ = ("_data", "_encoding", "_read_keys")
 
     _keys: dict[str, bytes] = {}
 
     def __init__(self, data: dict[bytes, bytes]) -> None:
         self._data = data
         self._encoding = os.sys.getfilesystemencoding()  # type: ignore[attr-defined]
+        self._read_keys = [self._key(name) for name in _READ_NAMES]
 
     def _key(self, name: str) -> bytes:
         key = self._keys.get(name)
@@ -360,6 +363,11 @@ class _RawEnviron:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._key(name) in self._data
+
+    def snapshot(self) -> tuple[bytes | None, ...]:
+        """The raw values of every variable :func:`environment_proxies`
+        reads, in one pass: what its result depends on."""
+        return tuple(map(self._data.get, self._read_keys))
 
 
 _raw_environ: list[Mapping[str, str]] = []
@@ -424,6 +432,21 @@ def environment_proxies(environ: Mapping[str, str]) -> EnvironmentProxies:
     """Read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``
     (upper and lower case) from ``environ``; a malformed or unsupported
     proxy URL there raises ValueError naming the variable."""
+    if not isinstance(environ, _RawEnviron):
+        return _read_environment(environ)
+    # The process environment: its raw values are the key, so a request
+    # costs one pass over them (this runs for every call).
+    snap = environ.snapshot()
+    hit = _raw_cache.get(snap)
+    if hit is None:
+        hit = _read_environment(environ)
+        if len(_raw_cache) >= _ENV_CACHE_SIZE:
+            _raw_cache.clear()
+        _raw_cache[snap] = hit
+    return hit
+
+
+def _read_environment(environ: Mapping[str, str]) -> EnvironmentProxies:
     found = [_env_value(environ, name) for name in _ENV_NAMES]
     key = tuple(v for v, _ in found)
     hit = _env_cache.get(key)
@@ -441,6 +464,7 @@ def environment_proxies(environ: Mapping[str, str]) -> EnvironmentProxies:
 
 
 _env_cache: dict[tuple[str | None, ...], EnvironmentProxies] = {}
+_raw_cache: dict[tuple[bytes | None, ...], EnvironmentProxies] = {}
 _ENV_CACHE_SIZE = 16
 
 

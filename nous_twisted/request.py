@@ -575,6 +575,15 @@ def prepare(
         encoded = b""
     else:
         encoded = encode_body(body)
+    hs, secrets = _prepared_headers(headers, tuple(defaults), method, accept)
+    if checked.query_secrets:
+        secrets = request_secrets(hs, checked.query_secrets)
+    return HTTPRequest(url_str, checked.url_bytes, encoded, hs, checked.display, secrets, method, pool_timeout)
+
+
+def _final_headers(
+    headers: object, defaults: tuple[tuple[bytes, bytes], ...], method: bytes, accept: bytes | None
+) -> tuple[tuple[bytes, bytes], ...]:
     hs = [h for h in merge_headers(defaults, normalize_headers(headers)) if h[0].lower() != b"accept-encoding"]
     if method != b"GET":
         _ensure(hs, b"content-type", b"application/json")
@@ -582,13 +591,42 @@ def prepare(
         _ensure(hs, b"accept", accept)
     _ensure(hs, b"user-agent", USER_AGENT)
     hs.append((b"accept-encoding", ACCEPT_ENCODING))
-    return HTTPRequest(
-        url_str,
-        checked.url_bytes,
-        encoded,
-        tuple(hs),
-        checked.display,
-        request_secrets(hs, checked.query_secrets),
-        method,
-        pool_timeout,
-    )
+    return tuple(hs)
+
+
+# The headers of a call, as sent, and their secrets, per distinct (headers,
+# client defaults, method, Accept): an application sends the same few header
+# sets over and over, and checking one costs more than the rest of preparing
+# the request.  Only plain dicts, lists and tuples of hashable items are
+# cached (their content is the key); refused headers raise before they get
+# here, so they are never cached.
+_headers_cache: dict[Any, tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]] = {}
+_HEADERS_CACHE_SIZE = 256
+
+
+def _prepared_headers(
+    headers: object, defaults: tuple[tuple[bytes, bytes], ...], method: bytes, accept: bytes | None
+) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]:
+    given: Any = headers
+    kind = type(given)
+    if kind is dict:
+        items = tuple(given.items())
+    elif kind is tuple or kind is list:
+        items = tuple(given)
+    else:
+        hs = _final_headers(headers, defaults, method, accept)
+        return hs, request_secrets(hs)
+    key = (items, defaults, method, accept)
+    try:
+        hit = _headers_cache.get(key)
+    except TypeError:  # an unhashable item: checked (and refused) below, never cached
+        hs = _final_headers(items, defaults, method, accept)
+        return hs, request_secrets(hs)
+    if hit is not None:
+        return hit
+    hs = _final_headers(items, defaults, method, accept)
+    prepared = (hs, request_secrets(hs))
+    if len(_headers_cache) >= _HEADERS_CACHE_SIZE:
+        _headers_cache.clear()
+    _headers_cache[key] = prepared
+    return prepared

@@ -23,8 +23,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from .body import BytesProducer
 from .errors import NousHTTPError, TransportError
-from .exchange import BytesProducer
 from .failures import classify, describe, reasons
 from .pool import abort_transport, send_with_ticket
 from .request import HTTPRequest

@@ -41,6 +41,7 @@ def clean_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     # Every test checks its URLs itself: a URL validated by an earlier test
     # would otherwise skip the checks (and a mutated check would go unseen).
     request_module._url_cache.clear()
+    request_module._headers_cache.clear()
     resolve_module._builtin_instances.clear()
     monkeypatch.delenv("NOUS_HTTP_BACKEND", raising=False)
     monkeypatch.delenv("NOUS_HTTP_STREAM_BACKEND", raising=False)

@@ -41,6 +41,7 @@ def fresh_caches() -> Iterator[None]:
     def clear() -> None:
         proxy_module._parsed.clear()
         proxy_module._env_cache.clear()
+        proxy_module._raw_cache.clear()
         proxy_module._raw_environ.clear()
         proxy_module._RawEnviron._keys.clear()
 
@@ -754,3 +755,51 @@ def test_os_environ_reader_choice(monkeypatch: pytest.MonkeyPatch, name: str, da
     else:
         assert got is environ
     assert proxy_module._os_environ() is got
+
+
+def test_os_environ_proxies_follow_every_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process environment's result is cached by its raw values: every
+    variable read is part of the key, so any change applies to the next call."""
+    if os.name != "posix":
+        pytest.skip("os.environ keeps bytes only on POSIX")
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    assert choose_proxy("http://t/") is None
+    monkeypatch.setenv("HTTP_PROXY", "http://a:1")
+    assert choose_proxy("http://t/") == Proxy("http", "a", 1)
+    monkeypatch.setenv("REQUEST_METHOD", "GET")  # under CGI the upper-case one is ignored (httpoxy)
+    assert choose_proxy("http://t/") is None
+    monkeypatch.delenv("REQUEST_METHOD")
+    monkeypatch.setenv("http_proxy", "http://b:2")
+    assert choose_proxy("http://t/") == Proxy("http", "b", 2)
+    monkeypatch.setenv("no_proxy", "t")
+    assert choose_proxy("http://t/") is None
+    monkeypatch.setenv("NO_PROXY", "u")  # the lower-case one wins
+    assert choose_proxy("http://t/") is None
+    monkeypatch.delenv("no_proxy")
+    assert choose_proxy("http://t/") == Proxy("http", "b", 2)
+    monkeypatch.setenv("all_proxy", "http://c:3")
+    monkeypatch.setenv("ALL_PROXY", "http://d:4")
+    assert choose_proxy("https://t/") == Proxy("http", "c", 3)
+    monkeypatch.setenv("https_proxy", "http://e:5")
+    monkeypatch.setenv("HTTPS_PROXY", "http://f:6")
+    assert choose_proxy("https://t/") == Proxy("http", "e", 5)
+    monkeypatch.delenv("https_proxy")
+    assert choose_proxy("https://t/") == Proxy("http", "f", 6)
+    monkeypatch.delenv("all_proxy")
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert choose_proxy("https://t/") == Proxy("http", "d", 4)
+    assert len(proxy_module._raw_cache) >= 8
+
+
+def test_os_environ_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.name != "posix":
+        pytest.skip("os.environ keeps bytes only on POSIX")
+    for i in range(proxy_module._ENV_CACHE_SIZE):
+        monkeypatch.setenv("HTTPS_PROXY", f"http://p{i}:1")
+        assert choose_proxy("https://t/") == Proxy("http", f"p{i}", 1)
+    assert len(proxy_module._raw_cache) == proxy_module._ENV_CACHE_SIZE
+    monkeypatch.setenv("HTTPS_PROXY", "http://one-more:1")
+    assert choose_proxy("https://t/") == Proxy("http", "one-more", 1)
+    assert len(proxy_module._raw_cache) == 1

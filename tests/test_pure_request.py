@@ -518,3 +518,88 @@ def test_join_url_edges() -> None:
     with pytest.raises(ValueError) as e:
         join_url(None, "/a?b?key=c")
     assert str(e.value).startswith("'/a' is a relative URL")
+
+
+# -- the headers cache ----------------------------------------------------------
+
+
+def _uncached(url: str, headers: Any, **kw: Any) -> HTTPRequest:
+    request_module._headers_cache.clear()
+    return prepare(url, {}, headers, **kw)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer sk-abcdefghijkl", "X-Custom": "  v\t"},
+        [("authorization", "Bearer sk-abcdefghijkl"), ("User-Agent", "me/1")],
+        (("Accept-Encoding", "br"), ("X-Api-Key", b"0123456789")),
+        {},
+        [],
+    ],
+)
+def test_headers_cache_hits_give_what_a_miss_gives(headers: Any) -> None:
+    first = _uncached("http://h.example/v1", headers)
+    assert len(request_module._headers_cache) == 1
+    again = prepare("http://h.example/v1", {}, type(headers)(headers))  # equal content, another object
+    assert again == first
+    assert len(request_module._headers_cache) == 1
+    assert again.headers is first.headers  # served from the cache
+
+
+def test_headers_cache_key_holds_defaults_method_and_accept() -> None:
+    request_module._headers_cache.clear()
+    defaults = ((b"x-default", b"d"),)
+    plain = prepare("http://h.example/", {}, {"A": "1"})
+    with_defaults = prepare("http://h.example/", {}, {"A": "1"}, defaults=defaults)
+    get = prepare("http://h.example/", None, {"A": "1"}, method=b"GET", accept=b"application/json")
+    get_no_accept = prepare("http://h.example/", None, {"A": "1"}, method=b"GET")
+    assert len(request_module._headers_cache) == 4
+    assert (b"x-default", b"d") in with_defaults.headers and (b"x-default", b"d") not in plain.headers
+    assert (b"content-type", b"application/json") in plain.headers
+    assert all(n != b"content-type" for n, _ in get.headers)
+    assert (b"accept", b"application/json") in get.headers
+    assert all(n != b"accept" for n, _ in get_no_accept.headers)
+
+
+def test_headers_cache_skips_other_kinds_and_unhashable_items() -> None:
+    request_module._headers_cache.clear()
+    od = OrderedDict([("X-Key", "0123456789")])
+    assert prepare("http://h.example/", {}, od).secrets == (b"0123456789",)
+    assert prepare("http://h.example/", {}, (p for p in [("X-Key", "0123456789")])).secrets == (b"0123456789",)
+    assert len(request_module._headers_cache) == 0
+    with pytest.raises(TypeError, match="header #0 value must be str, not list"):
+        prepare("http://h.example/", {}, {"X": ["a"]})
+    with pytest.raises(TypeError, match="header #0 must be a"):
+        prepare("http://h.example/", {}, [["X", "a"]])
+    assert len(request_module._headers_cache) == 0
+
+
+def test_headers_cache_never_holds_refused_headers() -> None:
+    request_module._headers_cache.clear()
+    for bad in ({"Host": "x"}, {"X": "a\r\nb"}, {"bad name": "v"}, {1: "v"}):
+        with pytest.raises((TypeError, ValueError)):
+            prepare("http://h.example/", {}, bad)
+    assert len(request_module._headers_cache) == 0
+
+
+def test_headers_cache_is_bounded() -> None:
+    cache = request_module._headers_cache
+    cache.clear()
+    size = request_module._HEADERS_CACHE_SIZE
+    assert size == 256
+    for i in range(size):
+        prepare("http://h.example/", {}, {"X-N": str(i)})
+    assert len(cache) == size
+    prepare("http://h.example/", {}, {"X-N": "one more"})
+    assert len(cache) == 1
+
+
+def test_query_secrets_join_cached_header_secrets() -> None:
+    request_module._headers_cache.clear()
+    headers = {"Authorization": "Bearer sk-abcdefghijkl"}
+    plain = prepare("http://h.example/v1", {}, headers)
+    with_key = prepare("http://h.example/v1?key=AIzaSecretKey123", {}, headers)
+    assert plain.secrets == (b"Bearer sk-abcdefghijkl", b"sk-abcdefghijkl")
+    assert with_key.secrets == (b"Bearer sk-abcdefghijkl", b"AIzaSecretKey123", b"sk-abcdefghijkl")
+    assert prepare("http://h.example/v1", {}, headers).secrets == plain.secrets

@@ -8,7 +8,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from ..exchange import BytesProducer, PostExchange, body_for
+from ..body import BytesProducer, body_for
+from ..exchange import PostExchange
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
 from ..request import HTTPRequest

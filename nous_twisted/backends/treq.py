@@ -25,7 +25,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ..exchange import BytesProducer, PostExchange, body_for
+from ..body import BytesProducer, body_for
+from ..exchange import PostExchange
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
 from ..request import HTTPRequest

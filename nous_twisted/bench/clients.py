@@ -201,7 +201,7 @@ class RawAgentClient(_TwistedRaw):
         from twisted.web.client import readBody
         from twisted.web.http_headers import Headers
 
-        from ..exchange import BytesProducer
+        from ..body import BytesProducer
 
         d = self.agent.request(
             b"POST", (self.base + path).encode(), Headers({k: [v] for k, v in HEADERS.items()}),
@@ -214,7 +214,7 @@ class RawAgentClient(_TwistedRaw):
         from twisted.internet.protocol import Protocol
         from twisted.web.http_headers import Headers
 
-        from ..exchange import BytesProducer
+        from ..body import BytesProducer
 
         response = await self.agent.request(
             b"POST", (self.base + path).encode(), Headers({k: [v] for k, v in HEADERS.items()}),
