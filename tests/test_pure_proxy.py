@@ -9,6 +9,7 @@ import pickle
 import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -803,3 +804,27 @@ def test_os_environ_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://one-more:1")
     assert choose_proxy("https://t/") == Proxy("http", "one-more", 1)
     assert len(proxy_module._raw_cache) == 1
+
+
+def test_os_environ_is_read_once_per_set_of_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.name != "posix":
+        pytest.skip("os.environ keeps bytes only on POSIX")
+    calls: list[int] = []
+    real = proxy_module._read_environment
+
+    def counting(environ: Any) -> Any:
+        calls.append(1)
+        return real(environ)
+
+    monkeypatch.setattr(proxy_module, "_read_environment", counting)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    env = proxy_module._os_environ()
+    first = environment_proxies(env)
+    assert environment_proxies(env) is first
+    assert len(calls) == 1
+    monkeypatch.setenv("HTTPS_PROXY", "http://x:1")
+    assert environment_proxies(env).https == Proxy("http", "x", 1)
+    assert len(calls) == 2
+    environment_proxies({"HTTPS_PROXY": "http://y:1"})  # any other mapping: read each time
+    environment_proxies({"HTTPS_PROXY": "http://y:1"})
+    assert len(calls) == 4

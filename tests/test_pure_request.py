@@ -603,3 +603,23 @@ def test_query_secrets_join_cached_header_secrets() -> None:
     assert plain.secrets == (b"Bearer sk-abcdefghijkl", b"sk-abcdefghijkl")
     assert with_key.secrets == (b"Bearer sk-abcdefghijkl", b"AIzaSecretKey123", b"sk-abcdefghijkl")
     assert prepare("http://h.example/v1", {}, headers).secrets == plain.secrets
+
+
+class _UnhashableStr(str):
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_unhashable_but_valid_headers_are_prepared_without_the_cache() -> None:
+    request_module._headers_cache.clear()
+    value = _UnhashableStr("Bearer sk-abcdefghijkl")
+    defaults = ((b"x-default", b"d"),)
+    get = prepare("http://h.example/", None, [("Authorization", value)], defaults=defaults, method=b"GET",
+                  accept=b"application/json")
+    assert len(request_module._headers_cache) == 0
+    assert get.headers == (
+        (b"x-default", b"d"), (b"Authorization", b"Bearer sk-abcdefghijkl"), (b"accept", b"application/json"),
+        (b"user-agent", request_module.USER_AGENT), (b"accept-encoding", request_module.ACCEPT_ENCODING),
+    )
+    assert get.secrets == (b"Bearer sk-abcdefghijkl", b"sk-abcdefghijkl")
+    posted = prepare("http://h.example/", {}, {"Authorization": value}, defaults=defaults)
+    assert (b"content-type", b"application/json") in posted.headers and (b"x-default", b"d") in posted.headers
