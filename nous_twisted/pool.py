@@ -48,7 +48,6 @@ import socket
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -680,25 +679,44 @@ class _PooledFactory(Factory):
 class _ReusedConnection:
     """A cached connection handed out again: a request that fails on it
     before any response byte is sent once more on a fresh connection, when
-    it provably was not processed (Go net/http's rule)."""
+    it provably was not processed (Go net/http's rule).  The fresh
+    connection's attempt is made only then, not for every request."""
 
-    def __init__(self, protocol: HTTP11ClientProtocol, fresh: Callable[[], Deferred[Any]]) -> None:
+    __slots__ = ("_connect_timeout", "_endpoint", "_key", "_pool", "_protocol", "_request", "_url")
+
+    def __init__(
+        self,
+        protocol: HTTP11ClientProtocol,
+        pool: NousConnectionPool,
+        key: Hashable,
+        endpoint: IStreamClientEndpoint,
+        attempt: _Attempt | None,
+    ) -> None:
         self._protocol = protocol
-        self._fresh = fresh
+        self._pool = pool
+        self._key = key
+        self._endpoint = endpoint
+        self._connect_timeout = None if attempt is None else attempt.connect_timeout
+        self._url = "" if attempt is None else attempt.url
+        self._request: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._protocol, name)
 
     def request(self, request: Any) -> Deferred[Any]:
+        self._request = request
         d: Deferred[Any] = self._protocol.request(request)
+        return d.addErrback(self._failed)
 
-        def failed(reason: Failure) -> Any:
-            if reason.value is not None and _safe_to_resend(reason.value, request):
-                log.debug("resending a request that failed on a reused connection")
-                return self._fresh().addCallback(lambda connection: connection.request(request))
-            return reason
-
-        return d.addErrback(failed)
+    def _failed(self, reason: Failure) -> Any:
+        request, self._request = self._request, None
+        if reason.value is not None and _safe_to_resend(reason.value, request):
+            log.debug("resending a request that failed on a reused connection")
+            fresh = _Attempt()
+            fresh.connect_timeout, fresh.url = self._connect_timeout, self._url
+            opened = self._pool._open(self._key, self._endpoint, fresh)
+            return opened.addCallback(lambda connection: connection.request(request))
+        return reason
 
 
 def _safe_to_resend(exc: BaseException, request: Any) -> bool:
@@ -930,11 +948,8 @@ class NousConnectionPool(HTTPConnectionPool):
                 abort_transport(transport)
                 continue
             self._busy_timers[connection] = call  # reset, not cancelled, when it comes back
-            fresh = _Attempt()
-            if attempt is not None:
-                fresh.connect_timeout, fresh.url = attempt.connect_timeout, attempt.url
             self._peak(key)  # one more in use
-            return _ReusedConnection(connection, partial(self._open, key, endpoint, fresh))
+            return _ReusedConnection(connection, self, key, endpoint, attempt)
         return None
 
     def _acquire(self, key: Hashable, endpoint: IStreamClientEndpoint, attempt: _Attempt) -> Deferred[Any]:
