@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener
@@ -320,6 +321,7 @@ def client(params: dict[str, Any]) -> dict[str, Any]:
                 wall_s=w1 - w0, fds_added=fds_peak[0] - fds0,
             )
         elif kind == "memory":
+            fds0 = _fds()
             gc.collect()
             base = _rss()
             held = [nous_twisted.stream(url, body, stream_backend=backend) for _ in range(streams)]
@@ -327,7 +329,7 @@ def client(params: dict[str, Any]) -> dict[str, Any]:
             await DeferredList(firsts)
             gc.collect()
             grown = _rss() - base
-            out.update(bytes_per_stream=grown / streams, fds_added=_fds())
+            out.update(bytes_per_stream=grown / streams, fds_added=_fds() - fds0)
             for s in held:
                 s.cancel()
         elif kind == "stop":
@@ -395,12 +397,42 @@ def _run_client(params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: str = "coalescing") -> dict[str, Any]:
+#: the scenario's sizes: quick, full
+QUICK = {"streams": 100, "events": 100, "gap": 0.01, "rounds": 2, "levels": [100, 1000], "stop": 2.0,
+         "stop_rounds": 1}
+FULL = {"streams": 100, "events": 200, "gap": 0.01, "rounds": 5, "levels": [100, 1000], "stop": 5.0,
+        "stop_rounds": 3}
+
+
+def sizes_for(quick: bool, sizes: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**(QUICK if quick else FULL), **(sizes or {})}
+
+
+def weights(quick: bool, sizes: dict[str, Any] | None = None) -> list[float]:
+    """Rough seconds of each client run, in the order :func:`bench` runs
+    them (for ``nous-twisted bench``'s time-left estimate)."""
+    size = sizes_for(quick, sizes)
+    paced = size["events"] * size["gap"] + 2.0
+    cpu = [paced] * (2 * size["rounds"])
+    memory = [1.0 + level / 150 for level in size["levels"] for _ in ("h2", "agent")]
+    stop = [max(paced, size["stop"] + 2.0), paced] * size["stop_rounds"]
+    return cpu + memory + stop
+
+
+def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: str = "coalescing",
+          step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the scenario; the figures, as a dict.  ``sizes`` overrides
     streams, events, gap, rounds, levels, stop and stop_rounds (for tests).
     ``h2_server``: ``"coalescing"`` (each turn's frames in one write) or
-    ``"twisted"`` (Twisted's own h2 server: one frame per write and turn)."""
+    ``"twisted"`` (Twisted's own h2 server: one frame per write and turn).
+    ``step`` is called with a label after each client run."""
     import trustme
+
+    from ..h2conn import STREAM_WINDOW
+
+    def done(label: str) -> None:
+        if step is not None:
+            step(label)
 
     directory = tempfile.mkdtemp(prefix="nous-twisted-bench-h2-")
     ca = trustme.CA()
@@ -415,14 +447,12 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
     assert proc.stdout is not None and proc.stdin is not None
     words = proc.stdout.readline().split()
     tls_port, stats_port = int(words[1]), int(words[2])
-    size = {"streams": 100, "events": 100 if quick else 200, "gap": 0.01, "rounds": 2 if quick else 5,
-            "levels": [100, 500] if quick else [100, 1000], "stop": 2.0 if quick else 5.0,
-            "stop_rounds": 2 if quick else 3, **(sizes or {})}
+    size = sizes_for(quick, sizes)
     streams, events, gap, rounds, levels = size["streams"], size["events"], size["gap"], size["rounds"], size["levels"]
     url = f"https://localhost:{tls_port}/sse?n={events}&gap={gap}&size=1024"
     common = {"ca": ca_pem, "streams": streams, "events": events}
     result: dict[str, Any] = {"streams": streams, "events": events, "gap_s": gap, "rounds": rounds,
-                              "h2_server": h2_server}
+                              "h2_server": h2_server, "window": STREAM_WINDOW, "frame": 16384}
     try:
         cpu: dict[str, list[dict[str, Any]]] = {"h2": [], "agent": []}
         for _ in range(rounds):
@@ -431,12 +461,14 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
                 r = _run_client({**common, "mode": mode, "kind": "cpu", "url": url})
                 r["handshakes"] = _stats(stats_port)["connections"] - before
                 cpu[mode].append(r)
+                done(f"h2_streams cpu {mode}")
         result["cpu"] = cpu
         memory: dict[str, dict[int, Any]] = {"h2": {}, "agent": {}}
         hold = f"https://localhost:{tls_port}/sse?n=2&gap=120&size=1024"
         for level in levels:
             for mode in ("h2", "agent"):
                 memory[mode][level] = _run_client({**common, "mode": mode, "kind": "memory", "url": hold, "streams": level})
+                done(f"h2_streams memory {level} {mode}")
         result["memory"] = memory
         stop = size["stop"]
         # Alternating, because the machine's load moves the completion times
@@ -444,7 +476,9 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
         stopped, unstopped = [], []
         for _ in range(size["stop_rounds"]):
             stopped.append(_run_client({**common, "mode": "h2", "kind": "stop", "url": url, "stop": stop}))
+            done("h2_streams one consumer stopped")
             unstopped.append(_run_client({**common, "mode": "h2", "kind": "stop", "url": url, "stop": 0}))
+            done("h2_streams no consumer stopped")
         result["stop"] = {"stopped": stopped, "unstopped": unstopped, "stop_s": stop}
     finally:
         proc.stdin.close()
@@ -454,6 +488,46 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs if key in r))
+
+
+def _median_or_none(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return float(statistics.median(values)) if values else None
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The scenario's target figures from :func:`bench`'s result (None where
+    a run failed): h2/agent ratios of CPU per event (``cpu_whole``,
+    ``cpu_steady``) and of memory per open stream (``memory``: level ->
+    ratio), the h2 runs' ``handshakes`` and ``fds`` (median, one host), the
+    stopped stream's largest take off the wire over window + one frame
+    (``stopped_vs_window``) and the others' median completion over the
+    unstopped runs' (``others_vs_unstopped``)."""
+    cpu = result.get("cpu", {"h2": [], "agent": []})
+    out: dict[str, Any] = {
+        "cpu_whole": _over(_median_or_none(cpu["h2"], "cpu_per_event_us"),
+                           _median_or_none(cpu["agent"], "cpu_per_event_us")),
+        "cpu_steady": _over(_median_or_none(cpu["h2"], "steady_cpu_per_event_us"),
+                            _median_or_none(cpu["agent"], "steady_cpu_per_event_us")),
+        "handshakes": _median_or_none(cpu["h2"], "handshakes"),
+        "fds": _median_or_none(cpu["h2"], "fds_added"),
+        "memory": {},
+    }
+    memory = result.get("memory", {"h2": {}, "agent": {}})
+    for level, hm in memory["h2"].items():
+        am = memory["agent"].get(level, {})
+        out["memory"][int(level)] = _over(hm.get("bytes_per_stream"), am.get("bytes_per_stream"))
+    stop = result.get("stop", {"stopped": [], "unstopped": []})
+    s, u = stop["stopped"], stop["unstopped"]
+    taken = [r["stopped_bytes_off_the_wire"] for r in s if "stopped_bytes_off_the_wire" in r]
+    bound = result.get("window", 65536) + result.get("frame", 16384)
+    out["stopped_vs_window"] = max(taken) / bound if taken else None
+    out["others_vs_unstopped"] = _over(_median_or_none(s, "others_median_s"), _median_or_none(u, "others_median_s"))
+    return out
 
 
 def report(result: dict[str, Any]) -> str:
@@ -488,7 +562,8 @@ def report(result: dict[str, Any]) -> str:
             "",
             f"One consumer stopped {stop['stop_s']:g} s among {result['streams']} (h2, {len(s)} alternating runs "
             f"each way): its stream took at most {max(r['stopped_bytes_off_the_wire'] for r in s):,} bytes off the "
-            f"wire (the 65,536-byte window; one 16,384-byte frame more at most); the others finished at "
+            f"wire (the {result.get('window', 65536):,}-byte window; one {result.get('frame', 16384):,}-byte frame "
+            f"more at most); the others finished at "
             f"{sm:.3f} s median ({_median(s, 'others_max_s'):.3f} s max) against {um:.3f} s "
             f"({_median(u, 'others_max_s'):.3f} s) with no stop: {sm / um:.3f}x.  (The paced ideal is "
             f"{result['events'] * result['gap_s']:g} s; the rest is the server's time.)",
