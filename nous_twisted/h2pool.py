@@ -129,10 +129,12 @@ class H2Pool:
         if not self.speaks_h2(key) and stream.fallback is not None:
             stream.fallback()
             return
-        stream.key = key
         host = self.hosts.get(key)
         if host is None:
             host = self.hosts[key] = _Host(key)
+        # The host's own key, not the request's equal copy: one tuple (and
+        # its host name and bundle) per host rather than per open stream.
+        stream.key = host.key
         self._enqueue(host, stream, front=False)
         pool_timeout = stream.request.pool_timeout if stream.request is not None else None
         if pool_timeout is not None and stream.registry is self:

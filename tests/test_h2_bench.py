@@ -34,3 +34,12 @@ def test_the_h2_scenario_runs_and_reports(server: str) -> None:
     for needle in ("CPU per event, whole run", "steady state", "TLS handshakes", "memory per open stream at 3",
                    "One consumer stopped", f"h2 server: {server}"):
         assert needle in text
+
+
+def test_the_memory_breakdown_names_what_streams_hold() -> None:
+    from nous_twisted.bench.h2 import breakdown
+
+    text = breakdown(5, "h2")
+    assert text.startswith("h2, 5 streams held open after their first event (after a warm-up stream): RSS "), text
+    assert "tracemalloc, per stream" in text and "objects tracked by the collector" in text
+    assert "nous_twisted.h2conn.H2Stream" in text  # one per held stream
