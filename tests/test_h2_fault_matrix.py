@@ -381,3 +381,24 @@ async def test_h2_agrees_with_the_agent_backend(cell_name: str, mode: str, short
     agent = normalize(await run_cell(CELL_BY_NAME[cell.twin], mode, "agent"))
     assert h2 == agent, f"{cell.name}/{mode}: h2 gave {h2!r:.600}, the agent backend gave {agent!r:.600}"
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_protocol_error_ends_each_stream_by_what_it_received(short_idle: None, ca: trustme.CA) -> None:
+    """One read carries the second stream's headers and first event, then a
+    frame no server may send: that stream ends StreamTruncated after its
+    event, its sibling (no response byte yet) TransportError, retried by no
+    one; both on one connection."""
+    scripts: list[H2Script] = [[HOLD], [Together([H(200, ES), D(EVENT1), Raw(bad_frame)])]]
+    async with H2FaultServer(scripts, tls_options(ca, [b"h2"])) as server:
+        first = nous_twisted.stream(server.url(), BODY, stream_backend="h2", timeout=5.0)
+        await wait_for(lambda: len(server.requests) == 1)
+        second = nous_twisted.stream(server.url(), BODY, stream_backend="h2", timeout=5.0)
+        got = []
+        for s in (first, second):
+            got.append([e async for e in s])
+        assert server.connections == 1 and len(server.requests) == 2
+    waiting, answered = got
+    assert len(waiting) == 1 and isinstance(waiting[0], StreamError), waiting
+    E(TransportError, match="protocol error", not_cls=(StreamTruncated,)).check(waiting[0].error, "first")
+    events({"n": 1}, E(StreamTruncated, match="protocol error"))(answered, "second")
