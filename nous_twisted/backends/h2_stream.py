@@ -1,7 +1,7 @@
 """Streaming over HTTP/2 (the ``http2`` extra), with strict pull backpressure
 through flow control: a stream's window is credited back only as its
-consumer takes events.  Hosts without h2, ``http://`` URLs, a caller's own
-agent and proxied requests go through :class:`AgentStreamBackend`."""
+consumer takes events.  Hosts without h2, ``http://`` URLs and a caller's own
+agent go through :class:`AgentStreamBackend`; through a proxy, h2 runs in a CONNECT tunnel."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class H2StreamBackend(AgentStreamBackend):
         by default: the most a stopped consumer holds buffered, plus a frame.
 
     The agent backend's strict pull on both paths: a request that cannot go
-    over h2 (``http://``, a proxy, a caller's agent, a host without h2) is
+    over h2 (``http://``, a caller's agent, a host without h2) is
     the agent backend's (:meth:`AgentStreamBackend._start`), on the same core.
     """
 
