@@ -107,3 +107,19 @@ async def test_a_target_without_h2_goes_through_the_agent_backend_via_the_proxy(
     # the first through a tunnel that found http/1.1, both then through the agent's own tunnels
     assert proxy.tunnels >= 2
     assert not get_h2pool(get_shared()).speaks_h2(("localhost", int(h1_server.chat_url.split(":")[2].split("/")[0])))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_connect_is_a_connect_timeout(h2_server: FakeLLMServer) -> None:
+    from nous_twisted import RequestTimeout
+
+    p = ScriptProxy(mode="stall").listen()
+    try:
+        got = await collect(nous_twisted.stream(h2_server.chat_url, BODY, stream_backend="h2", proxy=p.url(),
+                                                connect_timeout=0.3))
+    finally:
+        await p.stop()
+    (last,) = got
+    assert isinstance(last, StreamError) and isinstance(last.error, RequestTimeout), got
+    assert last.error.phase == "connect" and len(p.heads) == 1 and p.heads[0].startswith(b"CONNECT ")
+    assert not h2_server.requests
