@@ -29,7 +29,10 @@ from h2.exceptions import H2Error
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
 
+from nous_twisted.bench.h2 import send_within_window
+
 from .faultserver import Abort, Close, Hold, Sleep, get_reactor
+from .h2server import receive
 
 
 @dataclass(frozen=True)
@@ -185,12 +188,8 @@ class H2FaultProtocol(Protocol):
         self.write(self.conn.data_to_send())
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except H2Error as e:
-            self.server.errors.append(e)
-            self.flush()
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        events = receive(self, data)
+        if events is None:
             return
         for ev in events:
             if isinstance(ev, RequestReceived):
@@ -298,12 +297,8 @@ class H2FaultProtocol(Protocol):
             return
         conn = self.conn
         try:
-            while buf:
-                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if room <= 0:
-                    return
-                conn.send_data(sid, bytes(buf[:room]))
-                del buf[:room]
+            if not send_within_window(conn, sid, buf):
+                return
             if sid in self.ending:
                 conn.end_stream(sid)
         except H2Error:

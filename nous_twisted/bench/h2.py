@@ -152,6 +152,20 @@ def serve(chain: str, h2_server: str = "coalescing") -> None:
     reactor.run()
 
 
+def send_within_window(conn: Any, sid: int, buf: bytearray) -> bool:
+    """Send what ``buf`` holds for stream ``sid`` on the ``h2`` connection
+    ``conn``, in frames of the peer's largest size, as far as the flow
+    control windows let it (what went is removed from ``buf``); True when
+    all of it went."""
+    while buf:
+        room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+        if room <= 0:
+            return False
+        conn.send_data(sid, bytes(buf[:room]))
+        del buf[:room]
+    return True
+
+
 class _H2Server:
     """The bench server's HTTP/2 side, on ``h2``: ``/sse?n=&gap=&size=`` as
     the HTTP/1.1 side answers it, flow control honoured, and every frame
@@ -240,12 +254,8 @@ class _H2Server:
         if buf is None:
             return
         conn = self.conn
-        while buf:
-            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            if room <= 0:
-                return
-            conn.send_data(sid, bytes(buf[:room]))
-            del buf[:room]
+        if not send_within_window(conn, sid, buf):
+            return
         if sid in self.ending:
             conn.end_stream(sid)
             self.forget(sid)
