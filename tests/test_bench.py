@@ -654,3 +654,15 @@ def test_profile_refuses_an_unknown_scenario(capsys: pytest.CaptureFixture[str])
 
     assert main(["bench", "--profile", "scale_memory"]) == 2
     assert "small_post" in capsys.readouterr().err
+
+
+def test_the_h2_scenario_is_skipped_without_the_http2_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nous_twisted.bench import run
+
+    assert run.h2_unavailable() is None  # the test environment has the extra
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h2" else real(name, *a))
+    why = run.h2_unavailable()
+    assert why is not None and "pip install 'nous-twisted[http2]'" in why
