@@ -61,7 +61,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, StreamClosedError, StreamIDTooLowError
+from h2.exceptions import DenialOfServiceError, H2Error, StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import RstStreamFrame
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
@@ -74,6 +74,7 @@ from zope.interface import implementer
 
 from .errors import NousHTTPError, TransportError
 from .failures import classify, describe
+from .pool import MAX_HEADER_BYTES, MAX_HEADER_LINE
 from .request import HTTPRequest
 
 log = Logger(namespace="nous_twisted.h2")
@@ -113,10 +114,27 @@ class _GoawayKeepsOpen(H2ConnectionStateMachine):
 QUIET_VERSIONS = frozenset({"4.4.1"})
 
 
-class _QuietH2Connection(H2Connection):
+class _KeepsEvents(H2Connection):
+    """``H2Connection`` that also keeps the events of each ``receive_data``
+    call in :attr:`received`, frame by frame: when a frame of the batch is a
+    protocol error, ``receive_data`` raises and returns nothing, and the
+    events of the frames before it (a response's headers, its DATA) must
+    still reach their streams before the connection fails."""
+
+    received: list[Any]
+
+    def _receive_frame(self, frame: Any) -> list[Any]:
+        events: list[Any] = super()._receive_frame(frame)
+        if events:
+            self.received += events
+        return events
+
+
+class _QuietH2Connection(_KeepsEvents):
     """``H2Connection`` without the trace log line of ``_receive_frame``,
     which formats every received frame (``repr(frame)``) for a log that is
-    off: 1.3 of h2's 7 us per DATA frame.  The rest of the method is h2's."""
+    off: 1.3 of h2's 7 us per DATA frame.  The rest of the method is h2's,
+    and it keeps the events in :attr:`received` as :class:`_KeepsEvents`."""
 
     def _receive_frame(self, frame: Any) -> list[Any]:
         events: list[Any]
@@ -142,10 +160,12 @@ class _QuietH2Connection(H2Connection):
                 raise
         else:
             self._prepare_for_sending(frames)
+        if events:
+            self.received += events
         return events
 
 
-_Connection = _QuietH2Connection if h2_version in QUIET_VERSIONS else H2Connection
+_Connection: type[_KeepsEvents] = _QuietH2Connection if h2_version in QUIET_VERSIONS else _KeepsEvents
 
 
 class Sink(TypingProtocol):
@@ -419,7 +439,7 @@ class H2ClientProtocol(Protocol):
         self.key = key
         self.clock = clock
         self.stream_window = stream_window
-        self.h2: H2Connection | None = None
+        self.h2: _KeepsEvents | None = None
         self.streams: dict[int, H2Stream] = {}
         self.ready = False
         self.going_away = False
@@ -454,8 +474,13 @@ class H2ClientProtocol(Protocol):
         conn.local_settings = Settings(client=True, initial_values={
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.INITIAL_WINDOW_SIZE: self.stream_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 256 * 1024,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
         })
+        # h2 applies MAX_HEADER_LIST_SIZE to its decoder only when the setting
+        # is acknowledged, never for initial values: its default (64 KiB)
+        # would stay in force.
+        conn.decoder.max_header_list_size = MAX_HEADER_BYTES
+        conn.received = []
         conn.initiate_connection()
         self.h2 = conn
         self._flush()
@@ -477,13 +502,28 @@ class H2ClientProtocol(Protocol):
         conn = self.h2
         if conn is None or self.lost or not inbox:
             return
+        conn.received = []
         try:
             events: list[Any] = conn.receive_data(inbox[0] if len(inbox) == 1 else b"".join(inbox))
         except H2Error as e:
+            # The frames before the bad one first: a response that began in
+            # this batch has its headers and events, then ends truncated.
+            self._dispatch(conn.received)
+            conn.received = []
             self._flush()
-            self._fail_all(f"HTTP/2 protocol error: {describe(e)}")
+            if isinstance(e, DenialOfServiceError) and "header" in str(e).lower():
+                why = (f"the response headers are too large: over the limit of {MAX_HEADER_BYTES} bytes in all "
+                       f"(HTTP/2 header list; {describe(e)})")
+            else:
+                why = f"HTTP/2 protocol error: {describe(e)}"
+            self._fail_all(why)
             self.abort()
             return
+        conn.received = []
+        self._dispatch(events)
+        self._flush()
+
+    def _dispatch(self, events: list[Any]) -> None:
         for event in events:
             t = type(event)
             if t is DataReceived:
@@ -500,7 +540,6 @@ class H2ClientProtocol(Protocol):
                 self._on_settings(event)
             elif t is ConnectionTerminated:
                 self._on_goaway(event.error_code, event.last_stream_id)
-        self._flush()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.lost:
@@ -645,6 +684,14 @@ class H2ClientProtocol(Protocol):
         status = 0
         headers = Headers()
         for name, value in event.headers:
+            if len(name) + len(value) > MAX_HEADER_LINE:
+                # As the HTTP/1.1 path bounds a header line.
+                self.cancel_stream(stream, ErrorCodes.CANCEL)
+                stream.on_failed(TransportError(
+                    f"the response headers are too large: the header field {name[:40]!r}... is over the limit of "
+                    f"{MAX_HEADER_LINE} bytes (from {stream.url})"
+                ))
+                return
             if name[:1] == b":":
                 if name == b":status":
                     status = int(value)

@@ -19,6 +19,10 @@ h2 backends keep their connections here, one :class:`H2Pool` per
 A host that answers ALPN with ``http/1.1`` or nothing is remembered (and
 logged once): its queued and later requests go through the agent backend,
 whose connections never offer h2.
+
+A request through a proxy has the proxy in its key: its connections are
+CONNECT tunnels (``tunnel.ProxyEndpoint``, as the shared agent's) with the
+target's TLS and ALPN inside.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from twisted.web.client import URI
 from .errors import NousHTTPError, RequestTimeout, TransportError
 from .h2conn import MAX_RESENDS, H2ClientProtocol, H2Stream, classify_connect_failure
 from .pool import HostPoolStats
+from .proxy import Proxy
 from .request import HTTPRequest
 from .settings import current
 from .shared import Shared, add_stats_provider, get_shared
 from .tls import Bundle, effective_bundle, load_ca_bundle
+from .tunnel import ProxyEndpoint
 
 log = Logger(namespace="nous_twisted.h2")
 
@@ -81,13 +87,14 @@ class _OneProtocol(Factory):
         return self.proto
 
 
-def h2_key(request: HTTPRequest, window: int) -> tuple[str, int, Bundle, int] | None:
-    """The registry key of a request, or None when it cannot go over h2
-    (``http://``, a proxy)."""
-    if not request.url_bytes.startswith(b"https:") or request.proxy is not None:
+def h2_key(request: HTTPRequest, window: int) -> tuple[str, int, Bundle, int, Proxy | None] | None:
+    """The registry key of a request (host, port, trust, window and the
+    proxy it tunnels through, if any), or None when it cannot go over h2
+    (``http://``)."""
+    if not request.url_bytes.startswith(b"https:"):
         return None
     uri = URI.fromBytes(request.url_bytes)
-    return (uri.host.decode("ascii"), uri.port, effective_bundle(current()), window)
+    return (uri.host.decode("ascii"), uri.port, effective_bundle(current()), window, request.proxy)
 
 
 class H2Pool:
@@ -129,10 +136,12 @@ class H2Pool:
         if not self.speaks_h2(key) and stream.fallback is not None:
             stream.fallback()
             return
-        stream.key = key
         host = self.hosts.get(key)
         if host is None:
             host = self.hosts[key] = _Host(key)
+        # The host's own key, not the request's equal copy: one tuple (and
+        # its host name and bundle) per host rather than per open stream.
+        stream.key = host.key
         self._enqueue(host, stream, front=False)
         pool_timeout = stream.request.pool_timeout if stream.request is not None else None
         if pool_timeout is not None and stream.registry is self:
@@ -213,17 +222,20 @@ class H2Pool:
         return root
 
     def _open(self, host: _Host, connect_timeout: float, url: str) -> None:
-        hostname, port, bundle, window = host.key
+        hostname, port, bundle, window, proxy = host.key
         proto = H2ClientProtocol(self, host.key, window, self.reactor)
         attempt = _Attempt(url)
         host.attempts[proto] = attempt
         self.connections_opened += 1
         try:
             creator = optionsForClientTLS(hostname, trustRoot=self._trust_root(bundle), acceptableProtocols=ALPN)
+            if proxy is not None:
+                endpoint = self._via(proxy, hostname, port, creator, bundle, connect_timeout)
         except Exception as e:
             self._attempt_failed(host, proto, TransportError(f"cannot set up TLS for {url}: {e}"))
             return
-        endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, hostname, port, timeout=connect_timeout))
+        if proxy is None:
+            endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, hostname, port, timeout=connect_timeout))
         attempt.timer = self.reactor.callLater(connect_timeout, self._attempt_timed_out, host, proto, connect_timeout)
         d = endpoint.connect(_OneProtocol(proto))
         attempt.connect_d = d
@@ -238,6 +250,16 @@ class H2Pool:
                 self._attempt_failed(host, proto, classify_connect_failure(f, url))
 
         d.addCallbacks(connected, failed)
+
+    def _via(self, proxy: Proxy, hostname: str, port: int, creator: Any, bundle: Bundle, timeout: float) -> Any:
+        """Through ``proxy``: TCP (or TLS, verified as every host) to it, a
+        CONNECT tunnel, then the target's TLS (ALPN h2) inside, as the shared
+        agent's tunnels (``tunnel.ProxyEndpoint``); the proxy's credentials
+        go in CONNECT only."""
+        to_proxy: Any = HostnameEndpoint(self.reactor, proxy.host, proxy.port, timeout=timeout)
+        if proxy.is_https:
+            to_proxy = wrapClientTLS(optionsForClientTLS(proxy.host, trustRoot=self._trust_root(bundle)), to_proxy)
+        return ProxyEndpoint(self.reactor, proxy, to_proxy, (hostname.encode("ascii"), port), creator)
 
     def _attempt_timed_out(self, host: _Host, proto: H2ClientProtocol, limit: float) -> None:
         attempt = host.attempts.get(proto)

@@ -35,6 +35,20 @@ class _SendGoawayKeepsOpen(H2ConnectionStateMachine):
         return super().process_input(input_)
 
 
+def receive(proto: Any, data: bytes) -> list[Any] | None:
+    """The ``h2`` events of ``data`` for a test server's protocol (its
+    ``conn``, ``server.errors``, ``flush()``), or None after a protocol
+    error, recorded, the GOAWAY sent and the connection aborted."""
+    try:
+        events: list[Any] = proto.conn.receive_data(data)
+    except H2Error as e:
+        proto.server.errors.append(e)
+        proto.flush()
+        proto.transport.abortConnection()
+        return None
+    return events
+
+
 def tls_options(ca: Any, alpn: list[bytes] | None, name: str = "localhost") -> CertificateOptions:
     cert = ca.issue_cert(name)
     pc = PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes())
@@ -84,12 +98,8 @@ class H2ServerProtocol(Protocol):
             self.transport.write(out)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except H2Error as e:
-            self.server.errors.append(e)
-            self.flush()
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        events = receive(self, data)
+        if events is None:
             return
         for ev in events:
             if isinstance(ev, RequestReceived):

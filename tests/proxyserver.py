@@ -157,6 +157,7 @@ class _ScriptProtocol(Protocol):
         self.proxy.tunnels += 1
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True  # (Protocol.connected stays 1 after the loss)
         self.proxy.closed += 1
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.loseConnection()
@@ -200,7 +201,8 @@ class ScriptProxy:
 
     async def stop(self) -> None:
         for p in self.connections:
-            if p.transport is not None and p.connected:
+            # aborting a lost TLS connection again fails in Twisted's TLS layer
+            if p.transport is not None and p.connected and not getattr(p, "lost", False):
                 p.transport.abortConnection()
             if p.upstream is not None and p.upstream.transport is not None:
                 p.upstream.transport.abortConnection()

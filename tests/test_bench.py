@@ -131,7 +131,7 @@ def test_report_structure(
     headings = [ln for ln in lines if ln.startswith("## ")]
     assert headings == (
         ["## Method", "## Targets"] + [f"## {sc.name}" for sc in SCENARIOS]
-        + ["## Scaling", "## Where the time goes", "## Missed targets: what remains and why", "## Plots",
+        + ["## HTTP/2", "## Scaling", "## Where the time goes", "## Missed targets: what remains and why", "## Plots",
            "## Which backend to pick"]
     )
     assert lines[0] == "# Benchmarks"
@@ -144,7 +144,7 @@ def test_report_structure(
     for _target, measured, met in rows:
         # "n/a" only where a figure is missing (a CPU time of zero)
         assert (measured, met) == ("n/a", "n/a") or (
-            re.fullmatch(r"\d+\.\d\dx|-?\d+\.\d MB", measured) and met in ("yes", "no")
+            re.fullmatch(r"\d+\.\d\dx|-?\d+\.\d MB|\d+", measured) and met in ("yes", "no")
         ), (measured, met)
 
     for sc in SCENARIOS:
@@ -334,7 +334,30 @@ def _fake_results(accel: bool) -> dict[str, dict[str, Any]]:
     out["small_post"]["nous_agent"]["cpu_us"] = _stat(9.0)  # 0.90x raw Agent: missed
     out["scale_memory"]["nous_treq"]["levels"]["1000"] = _stat(30.0)  # 1.50x aiohttp's 20: missed
     del out["small_post_tls"]["agent"]  # a missing figure: n/a
+    out["h2_streams"] = _fake_h2()
     return out
+
+
+def _fake_h2() -> dict[str, Any]:
+    """A result of bench/h2.py's bench(): h2 at 0.50x the agent backend's CPU
+    over the whole run, 1.20x steady (missed), memory 0.05x at 100 and a
+    missing figure at 1000, one handshake and fd, the stopped stream within
+    its window, the others 1.02x."""
+    def cpu(whole: float, steady: float, handshakes: int) -> dict[str, Any]:
+        return {"events": 20100, "cpu_per_event_us": whole, "steady_cpu_per_event_us": steady, "wall_s": 2.1,
+                "fds_added": handshakes, "handshakes": handshakes}
+
+    return {
+        "streams": 100, "events": 200, "gap_s": 0.01, "rounds": 1, "h2_server": "coalescing",
+        "window": 65536, "frame": 16384,
+        "cpu": {"h2": [cpu(20.0, 36.0, 1)], "agent": [cpu(40.0, 30.0, 100)]},
+        "memory": {"h2": {"100": {"bytes_per_stream": 5000.0, "fds_added": 1}, "1000": {"error": "exit 1"}},
+                   "agent": {"100": {"bytes_per_stream": 100000.0, "fds_added": 100},
+                             "1000": {"bytes_per_stream": 90000.0, "fds_added": 1000}}},
+        "stop": {"stop_s": 5.0,
+                 "stopped": [{"others_median_s": 2.04, "others_max_s": 2.1, "stopped_bytes_off_the_wire": 65536}],
+                 "unstopped": [{"others_median_s": 2.0, "others_max_s": 2.05, "stopped_bytes_off_the_wire": 0}]},
+    }
 
 
 def _profile_result() -> dict[str, Any]:
@@ -364,6 +387,16 @@ EXPECTED_TARGETS = [
     "posts at c=100, treq backend: CPU/request vs agent backend (<= 1.20x)",
     "memory per open stream (1000 open), agent backend vs aiohttp (<= 1.25x)",
     "memory per open stream (1000 open), treq backend vs aiohttp (<= 1.25x)",
+]
+H2_TARGETS = [
+    "h2_streams, h2 backend: CPU/event vs agent backend, whole run (<= 1.00x)",
+    "h2_streams, h2 backend: CPU/event vs agent backend, steady state (<= 1.15x)",
+    "memory per open stream (100 open), h2 backend vs agent backend (<= 0.10x)",
+    "memory per open stream (1000 open), h2 backend vs agent backend (<= 0.10x)",
+    "h2_streams, h2 backend: TLS handshakes for 100 streams to one host (<= 1)",
+    "h2_streams, h2 backend: fds added for 100 streams to one host (<= 1)",
+    "h2_streams, one consumer stopped among 100: its bytes off the wire vs window + one frame (<= 1.00x)",
+    "h2_streams, one consumer stopped among 100: the others' completion vs no stop (<= 1.05x)",
 ]
 ACCEL_TARGETS = [
     f"stream_2000, {b} backend accelerated, {how}: CPU/event vs {peer}"
@@ -408,13 +441,25 @@ def test_report_has_every_target_scaling_and_profile(tmp_path: Any) -> None:
 
     rows = _rows_after(lines, "## Targets")
     labels = [r[0] for r in rows]
-    assert sorted(labels) == sorted(EXPECTED_TARGETS + ACCEL_TARGETS)
+    assert sorted(labels) == sorted(EXPECTED_TARGETS + ACCEL_TARGETS + H2_TARGETS)
     got = {r[0]: (r[1], r[2]) for r in rows}
     assert got["stream_2000, agent backend, async for: CPU/event vs aiohttp (<= 0.85x)"] == ("0.40x", "yes")
     assert got["small_post, agent backend: CPU/request vs raw Agent (<= 0.85x)"] == ("0.90x", "no")
     assert got["memory per open stream (1000 open), treq backend vs aiohttp (<= 1.25x)"] == ("1.50x", "no")
     assert got["small_post_tls, agent backend: CPU/request vs raw Agent (<= 0.75x)"] == ("n/a", "n/a")
     assert got["stream_2000, agent backend, consume(): CPU/event vs aiohttp (<= 0.85x)"] == ("1.00x", "no")
+    # the h2 rows: same-run ratios, counts, and a missing figure
+    h2 = [got[label] for label in H2_TARGETS]
+    assert h2 == [("0.50x", "yes"), ("1.20x", "no"), ("0.05x", "yes"), ("n/a", "n/a"), ("1", "yes"), ("1", "yes"),
+                  ("0.80x", "yes"), ("1.02x", "yes")]
+    assert any("steady state (<= 1.15x): measured 1.20x" in ln for ln in missed_lines(lines))
+    # the h2 section: its own table, after the scenarios and before the scaling tables
+    section = lines[lines.index("## HTTP/2") : lines.index("## Scaling")]
+    table = _rows_after(section, next(ln for ln in section if ln.startswith("### HTTP/2: 100 streams x 200 events")))
+    assert [r[0] for r in table] == ["CPU per event, whole run (µs)", "CPU per event, steady state (µs)",
+                                     "TLS handshakes", "fds added at peak", "memory per open stream at 100 (KiB)"]
+    assert table[0][1:] == ["20.0", "40.0", "0.50x"] and table[2][1:3] == ["1", "100"]
+    assert any("One consumer stopped 5 s among 100" in ln and "65,536 bytes" in ln for ln in section)
     # the missed ones are listed, the met one is not
     missed = lines[lines.index("## Missed targets: what remains and why") :]
     assert any("small_post, agent backend: CPU/request vs raw Agent (<= 0.85x): measured 0.90x" in ln for ln in missed)
@@ -443,14 +488,50 @@ def test_report_has_every_target_scaling_and_profile(tmp_path: Any) -> None:
     assert "Accelerator: httptools 0.9.0 (installed)" in "\n".join(lines)
 
 
+def missed_lines(lines: list[str]) -> list[str]:
+    return lines[lines.index("## Missed targets: what remains and why") :]
+
+
 def test_report_without_the_accelerator_leaves_its_rows_out(tmp_path: Any) -> None:
     lines = _write(tmp_path, None, quick=True)
     text = "\n".join(lines)
     assert "accelerator: not installed" in text.lower()
     labels = [r[0] for r in _rows_after(lines, "## Targets")]
-    assert sorted(labels) == sorted(EXPECTED_TARGETS)
+    assert sorted(labels) == sorted(EXPECTED_TARGETS + H2_TARGETS)
     assert "accelerated" not in "\n".join(ln for ln in lines if ln.startswith("|"))
     assert "This is a `--quick` run" in text
+
+
+@pytest.mark.parametrize("h2", [{"skipped": "the http2 extra is not installed (pip install 'nous-twisted[http2]')"},
+                                {"error": "RuntimeError: the h2 bench server did not start"}])
+def test_report_says_when_the_h2_scenario_did_not_run(tmp_path: Any, h2: dict[str, Any]) -> None:
+    results = _fake_results(False)
+    results["h2_streams"] = h2
+    path = report.write_report(results, {"nous_twisted": 2.0, "httpx-sse": 1.0}, {"cpu": "test"}, True, 1.0,
+                               str(tmp_path))
+    with open(path) as f:
+        lines = f.read().split("\n")
+    section = lines[lines.index("## HTTP/2") : lines.index("## Scaling")]
+    labels = [r[0] for r in _rows_after(lines, "## Targets")]
+    if "skipped" in h2:
+        assert any("was skipped: the http2 extra is not installed" in ln and "nous-twisted[http2]" in ln
+                   for ln in section), section
+        assert not any("h2 backend" in label for label in labels)
+    else:
+        assert any("failed: RuntimeError: the h2 bench server did not start" in ln for ln in section), section
+        # its targets are listed, unmeasured
+        assert {r[0]: r[1] for r in _rows_after(lines, "## Targets") if r[0] in H2_TARGETS} == dict.fromkeys(
+            H2_TARGETS, "n/a")
+
+
+def test_h2_weights_match_its_runs() -> None:
+    from nous_twisted.bench import h2
+
+    for quick in (True, False):
+        size = h2.sizes_for(quick)
+        assert len(h2.weights(quick)) == 2 * size["rounds"] + 2 * len(size["levels"]) + 2 * size["stop_rounds"]
+        assert size["levels"] == [100, 1000] and size["streams"] == 100
+    assert h2.FULL["events"] == 200 and h2.FULL["stop"] == 5.0
 
 
 def test_plan_runs_every_client_everywhere_and_variants_where_named() -> None:
@@ -573,3 +654,15 @@ def test_profile_refuses_an_unknown_scenario(capsys: pytest.CaptureFixture[str])
 
     assert main(["bench", "--profile", "scale_memory"]) == 2
     assert "small_post" in capsys.readouterr().err
+
+
+def test_the_h2_scenario_is_skipped_without_the_http2_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nous_twisted.bench import run
+
+    assert run.h2_unavailable() is None  # the test environment has the extra
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h2" else real(name, *a))
+    why = run.h2_unavailable()
+    assert why is not None and "pip install 'nous-twisted[http2]'" in why

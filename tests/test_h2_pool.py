@@ -183,3 +183,18 @@ async def test_connect_failures_are_typed(ca: trustme.CA, ca_file: str) -> None:
             raise AssertionError("no TLSError")
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_streams_share_their_hosts_key(scripted: ScriptedH2Server) -> None:
+    """Each request makes its own equal key; an open stream keeps the host's
+    (one tuple per host, not one per stream held open for minutes)."""
+    streams = [nous_twisted.stream(scripted.url("/sse?n=3&delay=0.5"), BODY, stream_backend="h2") for _ in range(3)]
+    for s in streams:
+        await s.__anext__()
+    host_keys = list(pool().hosts)
+    assert len(host_keys) == 1
+    sources = [s._core._source for s in streams]
+    assert all(src.key is host_keys[0] for src in sources)
+    for s in streams:
+        s.cancel()

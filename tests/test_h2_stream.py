@@ -251,11 +251,25 @@ def test_window_is_checked(bad: Any) -> None:
         H2StreamBackend(window=bad)
 
 
-def test_agent_fallback_has_the_same_limits() -> None:
+@pytest_twisted.ensureDeferred
+async def test_agent_fallback_has_the_same_limits() -> None:
+    """An http:// URL goes through the agent backend's path, under the h2
+    backend's own max_event_bytes (its option checks are the agent's)."""
+    from nous_twisted import BufferOverflow
+
+    from .faultserver import LAST_CHUNK, FaultServer, chunk, head, write
+
     b = H2StreamBackend(max_event_bytes=1000, max_pause=5.0)
-    assert isinstance(b._agent, AgentStreamBackend)
-    assert b._agent.max_event_bytes == 1000 and b._agent.max_pause == 5.0
+    assert isinstance(b, AgentStreamBackend) and b.max_event_bytes == 1000 and b.max_pause == 5.0
     assert "window=65536" in repr(b)
+    for bad in ({"max_event_bytes": 0}, {"max_pause": -1.0}, {"max_event_bytes": True}):
+        with pytest.raises((TypeError, ValueError)):
+            H2StreamBackend(**bad)
+    body = b'data: {"n": 1}\n\ndata: {"pad": "' + b"x" * 2000 + b'"}\n\ndata: [DONE]\n\n'
+    async with FaultServer([write(head() + chunk(body) + LAST_CHUNK)]) as server:
+        got = await collect(nous_twisted.stream(server.url(), BODY, stream_backend=b))
+    assert got[0] == {"n": 1} and len(got) == 2
+    assert isinstance(got[1], StreamError) and isinstance(got[1].error, BufferOverflow), got
 
 
 @pytest_twisted.ensureDeferred

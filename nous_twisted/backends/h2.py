@@ -1,6 +1,6 @@
 """Non-streaming POST over HTTP/2 (the ``http2`` extra): many calls on one
-TLS connection per host; hosts without h2, ``http://`` URLs, a caller's own
-agent and proxied requests go through :class:`AgentBackend`."""
+TLS connection per host; hosts without h2, ``http://`` URLs and a caller's own
+agent go through :class:`AgentBackend`; through a proxy, h2 runs in a CONNECT tunnel."""
 
 from __future__ import annotations
 

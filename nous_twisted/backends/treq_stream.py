@@ -8,20 +8,19 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from ..backpressure import Watermarks
-from ..eventstream import EventStream
 from ..interfaces import IStreamBackend
-from ..reactors import default_reactor
 from ..request import HTTPRequest
-from ..shared import get_shared
+from ..shared import Shared
 from ..sse import DEFAULT_MAX_EVENT_BYTES
 from ..stream_exchange import StreamExchange
 from ..streamcore import StreamCore
-from ._options import check_count, check_seconds
+from ._options import check_count
+from ._streaming import StreamBackendBase
 from .treq import treq_client, treq_send
 
 
 @implementer(IStreamBackend)
-class TreqStreamBackend:
+class TreqStreamBackend(StreamBackendBase):
     """treq's unbuffered response, read ahead of the consumer.
 
     Events are decoded as fast as bytes arrive; the transport is paused when
@@ -45,30 +44,16 @@ class TreqStreamBackend:
         self._policy = Watermarks(high_water, low_water)
         self.high_water = high_water
         self.low_water = low_water
-        self.max_pause = check_seconds("max_pause", max_pause, allow_none=True)
-        self.max_event_bytes = check_count("max_event_bytes", max_event_bytes)
+        super().__init__(max_event_bytes, max_pause)
 
-    def stream(
-        self,
-        request: HTTPRequest,
-        *,
-        timeout: float,
-        connect_timeout: float,
-        format: str | None = None,
-        agent: IAgent | None = None,
-        reactor: Any = None,
-    ) -> EventStream:
-        reactor = default_reactor(reactor)
-        shared = get_shared(reactor)
+    def _start(
+        self, core: StreamCore, request: HTTPRequest, shared: Shared, reactor: Any, connect_timeout: float,
+        agent: IAgent | None,
+    ) -> None:
         client = treq_client(shared.agent if agent is None else agent)
-        core = StreamCore(
-            reactor, request.display_url, timeout, format, self._policy, self.max_pause, self.max_event_bytes,
-            request.secrets,
-        )
         StreamExchange(core, reactor, request, connect_timeout, agent is None).start(
             lambda body: treq_send(client, request, body, reactor), shared.active
         )
-        return EventStream(core, reactor)
 
     def __repr__(self) -> str:
         return (

@@ -30,6 +30,7 @@ the h2 stream's byte count read for the stopped-consumer figure.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import os
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener
@@ -150,6 +152,20 @@ def serve(chain: str, h2_server: str = "coalescing") -> None:
     reactor.run()
 
 
+def send_within_window(conn: Any, sid: int, buf: bytearray) -> bool:
+    """Send what ``buf`` holds for stream ``sid`` on the ``h2`` connection
+    ``conn``, in frames of the peer's largest size, as far as the flow
+    control windows let it (what went is removed from ``buf``); True when
+    all of it went."""
+    while buf:
+        room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+        if room <= 0:
+            return False
+        conn.send_data(sid, bytes(buf[:room]))
+        del buf[:room]
+    return True
+
+
 class _H2Server:
     """The bench server's HTTP/2 side, on ``h2``: ``/sse?n=&gap=&size=`` as
     the HTTP/1.1 side answers it, flow control honoured, and every frame
@@ -238,12 +254,8 @@ class _H2Server:
         if buf is None:
             return
         conn = self.conn
-        while buf:
-            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            if room <= 0:
-                return
-            conn.send_data(sid, bytes(buf[:room]))
-            del buf[:room]
+        if not send_within_window(conn, sid, buf):
+            return
         if sid in self.ending:
             conn.end_stream(sid)
             self.forget(sid)
@@ -275,6 +287,17 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _type_sizes() -> dict[str, tuple[int, int]]:
+    """Per type of the objects the collector tracks: (count, shallow bytes)."""
+    out: dict[str, tuple[int, int]] = {}
+    for o in gc.get_objects():
+        t = type(o)
+        name = f"{t.__module__}.{t.__qualname__}"
+        n, b = out.get(name, (0, 0))
+        out[name] = (n + 1, b + sys.getsizeof(o))
+    return out
+
+
 def client(params: dict[str, Any]) -> dict[str, Any]:
     from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
@@ -285,7 +308,10 @@ def client(params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     async def main() -> None:
-        nous_twisted.configure(ca_bundle=params["ca"], pool=nous_twisted.PoolSettings(max_connections=100_000))
+        # memory: a short idle timeout closes the warm-up's connection
+        idle = 0.2 if params["kind"] in ("memory", "breakdown") else 2.0
+        nous_twisted.configure(ca_bundle=params["ca"],
+                               pool=nous_twisted.PoolSettings(max_connections=100_000, idle_timeout=idle))
         backend = params["mode"]
         url = params["url"]
         kind = params["kind"]
@@ -319,17 +345,61 @@ def client(params: dict[str, Any]) -> dict[str, Any]:
                 steady_cpu_per_event_us=(marks["hi"] - marks["lo"]) / (hi - lo) * 1e6,
                 wall_s=w1 - w0, fds_added=fds_peak[0] - fds0,
             )
-        elif kind == "memory":
+        elif kind in ("memory", "breakdown"):
+            if params.get("warm_url"):
+                # One whole stream first, as scale_memory does (code loaded,
+                # the host's TLS context made), its connection then closed
+                # by the idle timeout: the connections of the held streams
+                # are counted, whichever backend.
+                await nous_twisted.stream(params["warm_url"], body, stream_backend=backend).consume(lambda e: None)
+                d0: Deferred[None] = Deferred()
+                reactor.callLater(0.5, d0.callback, None)
+                await d0
+            fds0 = _fds()
             gc.collect()
+            if kind == "breakdown":
+                import tracemalloc
+
+                types0 = _type_sizes()  # before tracing: its own dict is not the streams'
+                tracemalloc.start(params.get("frames", 1))
+                snap0 = tracemalloc.take_snapshot()
             base = _rss()
+            # As scale_memory holds them: consume() with a callback that
+            # counts (what a held async-for adds is the caller's).
+            seen = [0]
+            all_open: Deferred[None] = Deferred()
+
+            def count(event: Any) -> None:
+                seen[0] += 1
+                if seen[0] == streams:
+                    all_open.callback(None)
+
             held = [nous_twisted.stream(url, body, stream_backend=backend) for _ in range(streams)]
-            firsts = [Deferred.fromCoroutine(s.__anext__()) for s in held]
-            await DeferredList(firsts)
+            ends = [s.consume(count) for s in held]
+            await all_open
+            # Out of the read that delivered the last first event (its frames
+            # are still referenced until it returns), as scale_memory does.
+            d1: Deferred[None] = Deferred()
+            reactor.callLater(0.05, d1.callback, None)
+            await d1
             gc.collect()
             grown = _rss() - base
-            out.update(bytes_per_stream=grown / streams, fds_added=_fds())
+            out.update(bytes_per_stream=grown / streams, fds_added=_fds() - fds0)
+            if kind == "breakdown":
+                snap1 = tracemalloc.take_snapshot()
+                out["traced_per_stream"] = sum(st.size_diff for st in snap1.compare_to(snap0, "filename")) / streams
+                out["by_line"] = [
+                    (str(st.traceback), st.size_diff / streams, st.count_diff / streams)
+                    for st in snap1.compare_to(snap0, "lineno")[: params.get("top", 30)]
+                ]
+                types1 = _type_sizes()
+                rows = [(name, (n1 - types0.get(name, (0, 0))[0]) / streams, (b1 - types0.get(name, (0, 0))[1]) / streams)
+                        for name, (n1, b1) in types1.items()]
+                out["by_type"] = sorted(rows, key=lambda r: -r[2])[: params.get("top", 30)]
+                tracemalloc.stop()
             for s in held:
                 s.cancel()
+            await DeferredList(ends)
         elif kind == "stop":
             stop_for = params["stop"]
             done_at: list[float] = []
@@ -395,34 +465,100 @@ def _run_client(params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: str = "coalescing") -> dict[str, Any]:
-    """Run the scenario; the figures, as a dict.  ``sizes`` overrides
-    streams, events, gap, rounds, levels, stop and stop_rounds (for tests).
-    ``h2_server``: ``"coalescing"`` (each turn's frames in one write) or
-    ``"twisted"`` (Twisted's own h2 server: one frame per write and turn)."""
+#: the scenario's sizes: quick, full
+QUICK = {"streams": 100, "events": 100, "gap": 0.01, "rounds": 2, "levels": [100, 1000], "stop": 2.0,
+         "stop_rounds": 1}
+FULL = {"streams": 100, "events": 200, "gap": 0.01, "rounds": 5, "levels": [100, 1000], "stop": 5.0,
+        "stop_rounds": 3}
+
+
+def sizes_for(quick: bool, sizes: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**(QUICK if quick else FULL), **(sizes or {})}
+
+
+def weights(quick: bool, sizes: dict[str, Any] | None = None) -> list[float]:
+    """Rough seconds of each client run, in the order :func:`bench` runs
+    them (for ``nous-twisted bench``'s time-left estimate)."""
+    size = sizes_for(quick, sizes)
+    paced = size["events"] * size["gap"] + 2.0
+    cpu = [paced] * (2 * size["rounds"])
+    memory = [1.0 + level / 150 for level in size["levels"] for _ in ("h2", "agent")]
+    stop = [max(paced, size["stop"] + 2.0), paced] * size["stop_rounds"]
+    return cpu + memory + stop
+
+
+def _start_server(h2_server: str) -> tuple[subprocess.Popen[str], int, int, str]:
+    """The server process, its TLS and stats ports, the CA's PEM file."""
+    import shutil
+
     import trustme
 
     directory = tempfile.mkdtemp(prefix="nous-twisted-bench-h2-")
+    atexit.register(shutil.rmtree, directory, True)
     ca = trustme.CA()
     chain, ca_pem = os.path.join(directory, "server.pem"), os.path.join(directory, "ca.pem")
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(chain)
     ca.cert_pem.write_to_path(ca_pem)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nous_twisted.bench.h2", "--serve", chain, "--h2-server", h2_server],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
-    assert proc.stdout is not None and proc.stdin is not None
-    words = proc.stdout.readline().split()
-    tls_port, stats_port = int(words[1]), int(words[2])
-    size = {"streams": 100, "events": 100 if quick else 200, "gap": 0.01, "rounds": 2 if quick else 5,
-            "levels": [100, 500] if quick else [100, 1000], "stop": 2.0 if quick else 5.0,
-            "stop_rounds": 2 if quick else 3, **(sizes or {})}
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise RuntimeError(f"the h2 bench server did not start: {line!r}")
+    words = line.split()
+    return proc, int(words[1]), int(words[2]), ca_pem
+
+
+def breakdown(streams: int, mode: str = "h2", warm: bool = True, top: int = 25, frames: int = 1) -> str:
+    """What ``streams`` held-open streams allocate, per stream: RSS growth,
+    Python allocations by source line (tracemalloc) and the collector's
+    objects by type (count and shallow size), as text."""
+    proc, tls_port, _, ca_pem = _start_server("coalescing")
+    assert proc.stdin is not None
+    try:
+        base = f"https://localhost:{tls_port}/sse?"
+        r = _run_client({"ca": ca_pem, "mode": mode, "kind": "breakdown", "streams": streams, "events": 2,
+                         "url": base + "n=2&gap=120&size=1024", "warm_url": base + "n=2&gap=0.001&size=1024" if warm
+                         else "", "top": top, "frames": frames})
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    if "error" in r:
+        return f"failed: {r['error']}"
+    lines = [f"{mode}, {streams} streams held open after their first event ({'after' if warm else 'without'} a "
+             f"warm-up stream): RSS {r['bytes_per_stream']:,.0f} B per stream, traced Python allocations "
+             f"{r['traced_per_stream']:,.0f} B per stream, fds added {r['fds_added']}", "",
+             "tracemalloc, per stream (bytes, blocks):"]
+    lines += [f"  {b:9,.0f} {n:6.2f}  {where}" for where, b, n in r["by_line"]]
+    lines += ["", "objects tracked by the collector, per stream (count, shallow bytes):"]
+    lines += [f"  {n:6.2f} {b:9,.0f}  {name}" for name, n, b in r["by_type"]]
+    return "\n".join(lines)
+
+
+def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: str = "coalescing",
+          step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the scenario; the figures, as a dict.  ``sizes`` overrides
+    streams, events, gap, rounds, levels, stop and stop_rounds (for tests).
+    ``h2_server``: ``"coalescing"`` (each turn's frames in one write) or
+    ``"twisted"`` (Twisted's own h2 server: one frame per write and turn).
+    ``step`` is called with a label after each client run."""
+    from ..h2conn import STREAM_WINDOW
+
+    def done(label: str) -> None:
+        if step is not None:
+            step(label)
+
+    proc, tls_port, stats_port, ca_pem = _start_server(h2_server)
+    assert proc.stdin is not None
+    size = sizes_for(quick, sizes)
     streams, events, gap, rounds, levels = size["streams"], size["events"], size["gap"], size["rounds"], size["levels"]
     url = f"https://localhost:{tls_port}/sse?n={events}&gap={gap}&size=1024"
     common = {"ca": ca_pem, "streams": streams, "events": events}
     result: dict[str, Any] = {"streams": streams, "events": events, "gap_s": gap, "rounds": rounds,
-                              "h2_server": h2_server}
+                              "h2_server": h2_server, "window": STREAM_WINDOW, "frame": 16384}
     try:
         cpu: dict[str, list[dict[str, Any]]] = {"h2": [], "agent": []}
         for _ in range(rounds):
@@ -431,12 +567,16 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
                 r = _run_client({**common, "mode": mode, "kind": "cpu", "url": url})
                 r["handshakes"] = _stats(stats_port)["connections"] - before
                 cpu[mode].append(r)
+                done(f"h2_streams cpu {mode}")
         result["cpu"] = cpu
         memory: dict[str, dict[int, Any]] = {"h2": {}, "agent": {}}
         hold = f"https://localhost:{tls_port}/sse?n=2&gap=120&size=1024"
+        warm = f"https://localhost:{tls_port}/sse?n=2&gap=0.001&size=1024"
         for level in levels:
             for mode in ("h2", "agent"):
-                memory[mode][level] = _run_client({**common, "mode": mode, "kind": "memory", "url": hold, "streams": level})
+                memory[mode][level] = _run_client({**common, "mode": mode, "kind": "memory", "url": hold,
+                                                   "warm_url": warm, "streams": level})
+                done(f"h2_streams memory {level} {mode}")
         result["memory"] = memory
         stop = size["stop"]
         # Alternating, because the machine's load moves the completion times
@@ -444,7 +584,9 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
         stopped, unstopped = [], []
         for _ in range(size["stop_rounds"]):
             stopped.append(_run_client({**common, "mode": "h2", "kind": "stop", "url": url, "stop": stop}))
+            done("h2_streams one consumer stopped")
             unstopped.append(_run_client({**common, "mode": "h2", "kind": "stop", "url": url, "stop": 0}))
+            done("h2_streams no consumer stopped")
         result["stop"] = {"stopped": stopped, "unstopped": unstopped, "stop_s": stop}
     finally:
         proc.stdin.close()
@@ -454,6 +596,46 @@ def bench(quick: bool = False, sizes: dict[str, Any] | None = None, h2_server: s
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs if key in r))
+
+
+def _median_or_none(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return float(statistics.median(values)) if values else None
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The scenario's target figures from :func:`bench`'s result (None where
+    a run failed): h2/agent ratios of CPU per event (``cpu_whole``,
+    ``cpu_steady``) and of memory per open stream (``memory``: level ->
+    ratio), the h2 runs' ``handshakes`` and ``fds`` (median, one host), the
+    stopped stream's largest take off the wire over window + one frame
+    (``stopped_vs_window``) and the others' median completion over the
+    unstopped runs' (``others_vs_unstopped``)."""
+    cpu = result.get("cpu", {"h2": [], "agent": []})
+    out: dict[str, Any] = {
+        "cpu_whole": _over(_median_or_none(cpu["h2"], "cpu_per_event_us"),
+                           _median_or_none(cpu["agent"], "cpu_per_event_us")),
+        "cpu_steady": _over(_median_or_none(cpu["h2"], "steady_cpu_per_event_us"),
+                            _median_or_none(cpu["agent"], "steady_cpu_per_event_us")),
+        "handshakes": _median_or_none(cpu["h2"], "handshakes"),
+        "fds": _median_or_none(cpu["h2"], "fds_added"),
+        "memory": {},
+    }
+    memory = result.get("memory", {"h2": {}, "agent": {}})
+    for level, hm in memory["h2"].items():
+        am = memory["agent"].get(level, {})
+        out["memory"][int(level)] = _over(hm.get("bytes_per_stream"), am.get("bytes_per_stream"))
+    stop = result.get("stop", {"stopped": [], "unstopped": []})
+    s, u = stop["stopped"], stop["unstopped"]
+    taken = [r["stopped_bytes_off_the_wire"] for r in s if "stopped_bytes_off_the_wire" in r]
+    bound = result.get("window", 65536) + result.get("frame", 16384)
+    out["stopped_vs_window"] = max(taken) / bound if taken else None
+    out["others_vs_unstopped"] = _over(_median_or_none(s, "others_median_s"), _median_or_none(u, "others_median_s"))
+    return out
 
 
 def report(result: dict[str, Any]) -> str:
@@ -488,7 +670,8 @@ def report(result: dict[str, Any]) -> str:
             "",
             f"One consumer stopped {stop['stop_s']:g} s among {result['streams']} (h2, {len(s)} alternating runs "
             f"each way): its stream took at most {max(r['stopped_bytes_off_the_wire'] for r in s):,} bytes off the "
-            f"wire (the 65,536-byte window; one 16,384-byte frame more at most); the others finished at "
+            f"wire (the {result.get('window', 65536):,}-byte window; one {result.get('frame', 16384):,}-byte frame "
+            f"more at most); the others finished at "
             f"{sm:.3f} s median ({_median(s, 'others_max_s'):.3f} s max) against {um:.3f} s "
             f"({_median(u, 'others_max_s'):.3f} s) with no stop: {sm / um:.3f}x.  (The paced ideal is "
             f"{result['events'] * result['gap_s']:g} s; the rest is the server's time.)",
@@ -506,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--h2-server", choices=["coalescing", "twisted"], default="coalescing",
                    help="the server's h2 side: frames of a turn written together (default), or Twisted's own "
                    "h2 server (one frame per write and reactor turn)")
+    p.add_argument("--breakdown", type=int, metavar="N",
+                   help="instead: what N held-open streams allocate, per stream (RSS, tracemalloc, object types)")
+    p.add_argument("--mode", choices=["h2", "agent"], default="h2", help="the backend --breakdown measures")
+    p.add_argument("--cold", action="store_true", help="--breakdown without the warm-up stream")
+    p.add_argument("--frames", type=int, default=1, help="--breakdown: traceback depth of tracemalloc")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -514,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.client:
         print(json.dumps(client(json.loads(args.client))), flush=True)
+        return 0
+    if args.breakdown:
+        print(breakdown(args.breakdown, args.mode, warm=not args.cold, frames=args.frames))
         return 0
     result = bench(args.quick, h2_server=args.h2_server)
     if args.json:

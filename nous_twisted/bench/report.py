@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clients import CATEGORIES, CLIENTS
-from .scenarios import LABELS, SCALING, SCENARIOS
+from .scenarios import H2, LABELS, SCALING, SCENARIOS
 
 OURS = ("nous_treq", "nous_agent")
 PEERS = ("treq", "agent", "aiohttp", "httpx", "floor", "twisted_floor")
@@ -35,6 +35,8 @@ class Target:
     value: float | None
     limit: float
     at_least: bool = False
+    #: "x" for a ratio; "" for a count (handshakes, fds)
+    unit: str = "x"
 
     @property
     def met(self) -> bool | None:
@@ -45,7 +47,8 @@ class Target:
     def cells(self) -> tuple[str, str, str]:
         if self.value is None:
             return self.label, "n/a", "n/a"
-        return self.label, f"{self.value:.2f}x", "yes" if self.met else "no"
+        shown = f"{self.value:.2f}x" if self.unit == "x" else f"{self.value:g}"
+        return self.label, shown, "yes" if self.met else "no"
 
 
 def targets(results: dict[str, Any], accel: str | None) -> list[Target]:
@@ -90,7 +93,64 @@ def targets(results: dict[str, Any], accel: str | None) -> list[Target]:
     for backend in ("agent", "treq"):
         t(Target(f"memory per open stream (1000 open), {backend} backend vs aiohttp (<= 1.25x)",
                  lvl("scale_memory", 1000, f"nous_{backend}", "aiohttp"), 1.25))
+    rows += h2_targets(results.get(H2))
     return rows
+
+
+def h2_targets(result: dict[str, Any] | None) -> list[Target]:
+    """Issue 13's targets (the h2 backend against the agent backend, same
+    run); none when the scenario was skipped (the http2 extra missing)."""
+    if result is None or "skipped" in result:
+        return []
+    from .h2 import figures
+
+    f = figures(result) if "error" not in result else {"memory": {}}
+    n = result.get("streams", 100)
+    rows = [
+        Target(f"{H2}, h2 backend: CPU/event vs agent backend, whole run (<= 1.00x)", f.get("cpu_whole"), 1.0),
+        Target(f"{H2}, h2 backend: CPU/event vs agent backend, steady state (<= 1.15x)", f.get("cpu_steady"), 1.15),
+    ]
+    for level in (100, 1000):
+        rows.append(Target(f"memory per open stream ({level} open), h2 backend vs agent backend (<= 0.10x)",
+                           f["memory"].get(level), 0.10))
+    rows += [
+        Target(f"{H2}, h2 backend: TLS handshakes for {n} streams to one host (<= 1)", f.get("handshakes"), 1,
+               unit=""),
+        Target(f"{H2}, h2 backend: fds added for {n} streams to one host (<= 1)", f.get("fds"), 1, unit=""),
+        Target(f"{H2}, one consumer stopped among {n}: its bytes off the wire vs window + one frame (<= 1.00x)",
+               f.get("stopped_vs_window"), 1.0),
+        Target(f"{H2}, one consumer stopped among {n}: the others' completion vs no stop (<= 1.05x)",
+               f.get("others_vs_unstopped"), 1.05),
+    ]
+    return rows
+
+
+def _h2_section(w: Any, result: dict[str, Any] | None) -> None:
+    """The HTTP/2 scenario's section (``bench/h2.py``'s own table), or why it did not run."""
+    w("## HTTP/2")
+    w("")
+    if result is None or "skipped" in result:
+        why = (result or {}).get("skipped", "it was not run")
+        w(f"The HTTP/2 scenario ({H2}) was skipped: {why}; its targets are left out.")
+        w("")
+        return
+    if "error" in result:
+        w(f"The HTTP/2 scenario ({H2}) failed: {str(result['error']).splitlines()[-1][:200]}")
+        w("")
+        return
+    from .h2 import report as h2_report
+
+    w("The h2 backend (one TLS connection per host, many streams, flow control as backpressure) against the "
+      "agent backend (HTTP/1.1, one TLS connection per stream): the same paced SSE streams from one server "
+      "(`nous_twisted/bench/h2.py`: Twisted's web server for HTTP/1.1, an `h2` server writing each turn's "
+      "frames together for HTTP/2, ALPN choosing), each client run in a fresh process, rounds alternating. "
+      "Steady state is the CPU between 10% and 90% of the events; handshakes are the connections the server "
+      "accepted; memory per open stream is the RSS growth with N streams held open after their first "
+      "event, from a baseline taken after one whole stream to the host (code loaded, as in scale_memory).")
+    w("")
+    for line in h2_report(result).rstrip("\n").split("\n"):
+        w(line)
+    w("")
 
 
 def format_profile(scenario: str, client: str, unit: str, result: dict[str, Any], top: bool = False,
@@ -369,6 +429,7 @@ def write_report(
                     _ratio(_cpu(results, scn.name, v), _cpu(results, scn.name, p))
                     for p in ("aiohttp", "twisted_floor", "floor")) + " |")
             w("")
+    _h2_section(w, results.get(H2))
     w("## Scaling")
     w("")
     w("Every client, each scaling scenario in one process per run (levels one after the other), "

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from .clients import CLIENTS
-from .scenarios import ALL_SCENARIOS, SCALING, SCALING_NAMES, SCENARIOS, Scenario
+from .scenarios import ALL_SCENARIOS, H2, SCALING, SCALING_NAMES, SCENARIOS, Scenario
 
 REPORT = "benchmarks.md"
 
@@ -335,6 +335,24 @@ def plan(quick: bool, runs: int | None, accel: str | None) -> list[Job]:
     return jobs
 
 
+def h2_unavailable() -> str | None:
+    """Why the HTTP/2 scenario cannot run here (the ``http2`` extra missing), or None."""
+    if importlib.util.find_spec("h2") is None:
+        return "the http2 extra is not installed (pip install 'nous-twisted[http2]')"
+    return None
+
+
+def run_h2(quick: bool, step: Callable[[str], None]) -> dict[str, Any]:
+    """The HTTP/2 scenario (``bench/h2.py``: its own server, h2 against the
+    agent backend over TLS): its result, or ``{"error": ...}``."""
+    from . import h2 as h2_bench
+
+    try:
+        return h2_bench.bench(quick, step=step)
+    except Exception as e:  # the rest of the report is still worth writing
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def profile_one(server_base: str, scenario: Scenario, client: str, params: dict[str, Any]) -> dict[str, Any]:
     """One profiled run: the result with its ``profile`` breakdown."""
     return run_one(client, scenario.name, server_base, dict(params, profile=True))
@@ -353,11 +371,15 @@ def main(quick: bool = False, out_dir: str | None = None, runs: int | None = Non
           + (" (replacing the one there)" if replaced else "")
           + f"; accelerator: {accel or 'not installed'}", file=sys.stderr)
     jobs = plan(quick, runs, accel)
+    h2_missing = h2_unavailable()
     server, base = start_server()
     results: dict[str, dict[str, Any]] = {}
     profiles: list[dict[str, Any]] = []
     try:
-        progress = Progress([j.weight for j in jobs for _ in range(j.runs)])
+        from . import h2 as h2_bench
+
+        h2_weights = [] if h2_missing else h2_bench.weights(quick)
+        progress = Progress([j.weight for j in jobs for _ in range(j.runs)] + h2_weights)
         started = time.monotonic()
         for job in jobs:
             if job.profile:
@@ -371,6 +393,7 @@ def main(quick: bool = False, out_dir: str | None = None, runs: int | None = Non
                 rs.append(run_one(job.client, job.scenario.name, base, job.params))
                 progress.step(f"{job.scenario.name} {job.client}")
             results.setdefault(job.scenario.name, {})[job.client] = summarise(rs, job.scenario)
+        results[H2] = run_h2(quick, progress.step) if h2_missing is None else {"skipped": h2_missing}
         decoders = decoder_alone(3 if quick else 10)
         elapsed = time.monotonic() - started
     finally:

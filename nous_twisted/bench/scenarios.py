@@ -81,3 +81,8 @@ SCALING = [
 
 SCALING_NAMES = {sc.name: sc for sc in SCALING}
 ALL_SCENARIOS = {sc.name: sc for sc in SCENARIOS + SCALING}
+
+#: The HTTP/2 scenario (``bench/h2.py``: its own server and client runs, h2
+#: against the agent backend over TLS); the key of its result among the
+#: scenarios' results, whose shape is that module's.
+H2 = "h2_streams"
