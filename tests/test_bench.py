@@ -552,6 +552,26 @@ def test_plan_runs_every_client_everywhere_and_variants_where_named() -> None:
         assert all(j.params is j.scenario.quick for j in jobs)
 
 
+def test_runs_are_interleaved_round_by_round_within_a_scenario() -> None:
+    """Every client's first run of a scenario comes before any client's
+    second, so that load changes during the scenario fall on all alike."""
+    from nous_twisted.bench.run import interleaved, plan
+
+    jobs = plan(quick=False, runs=None, accel=None)
+    order = interleaved(jobs)
+    assert sorted(map(id, order)) == sorted(id(j) for j in jobs for _ in range(1 if j.profile else j.runs))
+    small = [j.client for j in order if j.scenario.name == "small_post" and not j.profile]
+    n = len(CLIENTS)
+    runs = next(j.runs for j in jobs if j.scenario.name == "small_post" and not j.profile)
+    assert runs >= 2 and len(small) == n * runs
+    assert small[:n] == small[n : 2 * n] and set(small[:n]) == set(CLIENTS)
+    # the scenarios keep their order, and profiled jobs come where the plan puts them (last)
+    names = [j.scenario.name for j in order if not j.profile]
+    assert [k for i, k in enumerate(names) if i == 0 or names[i - 1] != k] == list(
+        dict.fromkeys(j.scenario.name for j in jobs if not j.profile))
+    assert [j.profile for j in order][-sum(j.profile for j in jobs):] == [True] * sum(j.profile for j in jobs)
+
+
 def test_progress_estimates_the_time_left() -> None:
     import io
 

@@ -335,7 +335,9 @@ def write_report(
       "through an `ssl` context or Twisted's `optionsForClientTLS` with the CA).")
     w("- Each client runs each scenario in a fresh process (`nous_twisted/bench/clients.py`); the same "
       "scenario code drives every client. CPU is the client process's user+system time from `getrusage`, "
-      "over the measured part only (after a warm-up request or stream).")
+      "over the measured part only (after a warm-up request or stream). Within a scenario the runs go "
+      "round by round (one run of every client, then the next), so that a change in the machine's load "
+      "falls on every client alike.")
     w("- Each figure is the median of the runs, with (min-max). CPU is per request or per event; "
       "throughput is requests or events per second of wall time; latencies are p50/p99 inside a run. "
       "Ratios compare medians of the same run.")

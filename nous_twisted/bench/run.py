@@ -335,6 +335,30 @@ def plan(quick: bool, runs: int | None, accel: str | None) -> list[Job]:
     return jobs
 
 
+def interleaved(jobs: list[Job]) -> list[Job]:
+    """The runs in the order they go: within a scenario, round by round (one
+    run of every client, then the next round), so that a change in the
+    machine's load during a scenario falls on every client alike and the
+    same-run ratios stay fair; each job appears once per run.  Profiled jobs
+    keep their place."""
+    order: list[Job] = []
+    i = 0
+    while i < len(jobs):
+        job = jobs[i]
+        if job.profile:
+            order.append(job)
+            i += 1
+            continue
+        group = [job]
+        i += 1
+        while i < len(jobs) and not jobs[i].profile and jobs[i].scenario.name == job.scenario.name:
+            group.append(jobs[i])
+            i += 1
+        for r in range(max(j.runs for j in group)):
+            order.extend(j for j in group if r < j.runs)
+    return order
+
+
 def h2_unavailable() -> str | None:
     """Why the HTTP/2 scenario cannot run here (the ``http2`` extra missing), or None."""
     if importlib.util.find_spec("h2") is None:
@@ -381,18 +405,19 @@ def main(quick: bool = False, out_dir: str | None = None, runs: int | None = Non
         h2_weights = [] if h2_missing else h2_bench.weights(quick)
         progress = Progress([j.weight for j in jobs for _ in range(j.runs)] + h2_weights)
         started = time.monotonic()
-        for job in jobs:
+        runs_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for job in interleaved(jobs):
             if job.profile:
                 r = profile_one(base, job.scenario, job.client, job.params)
                 progress.step(f"profile {job.scenario.name} {job.client}")
                 profiles.append({"scenario": job.scenario.name, "client": job.client, "unit": job.scenario.unit,
                                  "result": r})
                 continue
-            rs = []
-            for _ in range(job.runs):
-                rs.append(run_one(job.client, job.scenario.name, base, job.params))
-                progress.step(f"{job.scenario.name} {job.client}")
-            results.setdefault(job.scenario.name, {})[job.client] = summarise(rs, job.scenario)
+            rs = runs_of.setdefault((job.scenario.name, job.client), [])
+            rs.append(run_one(job.client, job.scenario.name, base, job.params))
+            progress.step(f"{job.scenario.name} {job.client}")
+            if len(rs) == job.runs:
+                results.setdefault(job.scenario.name, {})[job.client] = summarise(rs, job.scenario)
         results[H2] = run_h2(quick, progress.step) if h2_missing is None else {"skipped": h2_missing}
         decoders = decoder_alone(3 if quick else 10)
         elapsed = time.monotonic() - started
