@@ -50,7 +50,10 @@ def describe(e: BaseException) -> str:
         parts = [t[-1] for t in e.args[0] if isinstance(t, tuple) and t]
         if parts:
             return "; ".join(str(p) for p in parts)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    name = type(e).__name__
+    if text.startswith(name + ":"):
+        return text  # some libraries (h2) put the class name in the message already
+    return f"{name}: {text}" if text else name
 
 
 def classify(failure: Failure, url: str) -> Failure:

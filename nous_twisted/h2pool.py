@@ -67,7 +67,7 @@ class _Host:
 
 
 class _Attempt:
-    __slots__ = ("connect_d", "done", "step", "timer", "url")
+    __slots__ = ("connect_d", "done", "step", "timed_out", "timer", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -75,6 +75,7 @@ class _Attempt:
         self.step = "tcp"
         self.timer: IDelayedCall | None = None
         self.connect_d: Any = None
+        self.timed_out: float | None = None  # the connect limit, once it ran out
 
 
 class _OneProtocol(Factory):
@@ -246,7 +247,13 @@ class H2Pool:
 
         def failed(f: Failure) -> None:
             attempt.connect_d = None
-            if not attempt.done:
+            if attempt.done:
+                return
+            if attempt.timed_out is not None:
+                # Cancelled by the connect limit: a proxy tunnel names the step it was at.
+                step = getattr(f.value, "connect_step", None) or attempt.step
+                self._attempt_failed(host, proto, RequestTimeout("connect", attempt.timed_out, url, step=step))
+            else:
                 self._attempt_failed(host, proto, classify_connect_failure(f, url))
 
         d.addCallbacks(connected, failed)
@@ -266,8 +273,13 @@ class H2Pool:
         if attempt is None:
             return
         attempt.timer = None
-        step = attempt.step
-        self._attempt_failed(host, proto, RequestTimeout("connect", limit, attempt.url, step=step))
+        connecting = attempt.connect_d
+        if connecting is not None:
+            attempt.timed_out = limit
+            connecting.cancel()  # its errback reports the timeout, with the step the endpoint was at
+            if attempt.done:
+                return
+        self._attempt_failed(host, proto, RequestTimeout("connect", limit, attempt.url, step=attempt.step))
 
     def _attempt_failed(self, host: _Host, proto: H2ClientProtocol, error: NousHTTPError) -> None:
         attempt = host.attempts.pop(proto, None)

@@ -203,3 +203,19 @@ def test_connect_timeout_names_its_step(step: str, during: str, hint: str) -> No
     assert err.step == step
     assert str(err).startswith(f"connect timeout after 5 s for https://api.example/v1 {during}; ")
     assert hint in str(err)
+
+
+def test_describe_names_an_exception_class_once() -> None:
+    from twisted.internet import error as ierror
+
+    from nous_twisted.failures import describe
+
+    class LibraryError(Exception):
+        def __str__(self) -> str:
+            return "LibraryError: expected 10 bytes, received 20"
+
+    assert describe(LibraryError()) == "LibraryError: expected 10 bytes, received 20"
+    assert describe(ValueError("bad")) == "ValueError: bad"
+    assert describe(ValueError("ValueErrorish text")) == "ValueError: ValueErrorish text"
+    assert describe(ValueError()) == "ValueError"
+    assert describe(ierror.ConnectionRefusedError()) == "connection refused"

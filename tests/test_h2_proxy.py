@@ -122,4 +122,5 @@ async def test_a_stalled_connect_is_a_connect_timeout(h2_server: FakeLLMServer) 
     (last,) = got
     assert isinstance(last, StreamError) and isinstance(last.error, RequestTimeout), got
     assert last.error.phase == "connect" and len(p.heads) == 1 and p.heads[0].startswith(b"CONNECT ")
+    assert last.error.step == "proxy", last.error  # the CONNECT exchange ran out, as the HTTP/1.1 path says
     assert not h2_server.requests
