@@ -51,7 +51,7 @@ SCENARIOS = [
     Scenario("large_body", "request", {"rounds": 4}, {"rounds": 20}, runs_quick=2,
              what="rounds of 10 concurrent 256 KB posts with 256 KB replies"),
     # 9 runs: a run takes about a second, and on a shared VM single runs come out at
-    # once or twice the CPU per event (steal); a median of 5 flipped a ratio by 1.6x.
+    # once or twice the CPU per event (every client alike); a median of 5 moved a ratio by 1.6x.
     Scenario("stream_2000", "event", {"n": 2}, {"n": 10}, runs_full=9,
              what="one OpenAI-style SSE stream of 2,000 chunks, one HTTP chunk per event",
              variants=STREAM_VARIANTS),
