@@ -64,11 +64,15 @@ class _Unset:
         return False
 
 
+_INF = float("inf")
+
 #: The default of every per-call override: the client's own value applies.
 UNSET: Any = _Unset()
 
 
 def check_seconds(name: str, value: object) -> float:
+    if type(value) is float and 0.0 < value < _INF:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not value > 0 or value == float("inf") or value != value:

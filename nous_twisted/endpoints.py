@@ -35,9 +35,10 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
-from .body import OneWriteRequest
+from .body import OneWriteRequest, head_parts
 from .pool import CONNECT_TICKET
 from .proxy import Proxy
+from .request import HTTPRequest
 from .tunnel import ProxyEndpoint
 
 # Most applications call a handful of endpoints; past this many distinct
@@ -49,6 +50,10 @@ MAX_CACHED_URLS = 256
 _Plan = tuple[URI, tuple[bytes, bytes, int], IStreamClientEndpoint, bytes, bytes]
 # (parsed URI, pool key, endpoint, Host value, request target as sent)
 _ProxyPlan = tuple[URI, tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint, bytes, bytes]
+# (method, target, header set, Host value, persistent)
+_HeadKey = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], bytes, bool]
+# the request's Headers (Host included) and its head around Content-Length
+_Head = tuple[Headers, "tuple[bytes, bytes] | None"]
 
 
 class SharedAgent(Agent):
@@ -62,6 +67,7 @@ class SharedAgent(Agent):
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
         self._proxy_plans: dict[tuple[bytes, Proxy], _ProxyPlan] = {}
         self._proxy_endpoints: dict[tuple[bytes, bytes, int, Proxy], IStreamClientEndpoint] = {}
+        self._heads: dict[_HeadKey, _Head] = {}
 
     # Untyped like the method it overrides, so _plan's call stays as it is.
     def _getEndpoint(self, uri):  # type: ignore[no-untyped-def]
@@ -95,19 +101,25 @@ class SharedAgent(Agent):
         headers: Headers | None,
         bodyProducer: IBodyProducer | None,
         requestPath: bytes,
+        parts: tuple[bytes, bytes] | None = None,
     ) -> Deferred[IResponse]:
         """Twisted's, sending a :class:`~nous_twisted.body.OneWriteRequest`
         (a body in memory written with its head).  The method was checked by
-        ``request.prepare``; ``Host`` was added by :meth:`request`."""
+        ``request.prepare``; ``Host`` was added by :meth:`request`.  ``parts``
+        is the head already made for these (see :meth:`send`)."""
         if headers is None:
             headers = Headers()
-        if not headers.hasHeader(b"host"):
+        if parts is None and not headers.hasHeader(b"host"):
             headers = headers.copy()
             headers.addRawHeader(b"host", self._computeHostValue(parsedURI.scheme, parsedURI.host, parsedURI.port))  # type: ignore[no-untyped-call]
         pool = self._pool
         persistent = pool.persistent
 
         def connected(proto: HTTP11ClientProtocol) -> Deferred[IResponse]:
+            if parts is not None:
+                return proto.request(
+                    OneWriteRequest.with_head(method, requestPath, headers, bodyProducer, persistent, parsedURI, parts)
+                )
             return proto.request(
                 OneWriteRequest._construct(  # type: ignore[no-untyped-call]
                     method, requestPath, headers, bodyProducer, persistent=persistent, parsedURI=parsedURI
@@ -120,6 +132,41 @@ class SharedAgent(Agent):
             if proto is not None:
                 return connected(proto)
         return pool.getConnection(key, endpoint).addCallback(connected)
+
+    def send(self, request: HTTPRequest, body: IBodyProducer | None) -> Deferred[IResponse]:
+        """:meth:`request` for the library's own requests: an application
+        sends the same few header sets to the same few URLs, so the request
+        head (Twisted's ``Headers``, ``Host`` added, and the bytes Twisted
+        would write, checked as it checks them) is made once per distinct
+        (method, URL, header set) instead of on every request (~5 µs)."""
+        ticket = CONNECT_TICKET.get()
+        uri = request.url_bytes
+        if ticket is not None and ticket.proxy is not None:
+            return self._request_via(ticket.proxy, request.method, uri, request.twisted_headers(), body)
+        plan = self._plans.get(uri)
+        if plan is None:
+            try:
+                plan = self._plan(uri)
+            except SchemeNotSupported:
+                return fail()
+        parsed, key, endpoint, host, path = plan
+        persistent = self._pool.persistent
+        head_key = (request.method, path, request.headers, host, persistent)
+        head = self._heads.get(head_key)
+        if head is None:
+            head = self._head(head_key, request)
+        return self._requestWithEndpoint(key, endpoint, request.method, parsed, head[0], body, path, head[1])
+
+    def _head(self, key: _HeadKey, request: HTTPRequest) -> _Head:
+        method, path, _, host, persistent = key
+        headers = request.twisted_headers()
+        if not headers.hasHeader(b"host"):
+            headers.addRawHeader(b"host", host)
+        head = (headers, head_parts(method, path, headers, persistent))
+        if len(self._heads) >= MAX_CACHED_URLS:
+            self._heads.clear()
+        self._heads[key] = head
+        return head
 
     def _plan(self, uri: bytes) -> _Plan:
         parsed = URI.fromBytes(uri.strip())

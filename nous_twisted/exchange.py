@@ -30,6 +30,10 @@ from .response import RawResponse
 
 log = Logger(namespace="nous_twisted")
 
+# How a body that was read to its end is reported (Failure.check costs more:
+# it names every class in the exception's MRO).
+_BODY_ENDS = (ResponseDone, PotentialDataLoss)
+
 # A non-streaming reply larger than this is refused rather than buffered.
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 
@@ -207,7 +211,7 @@ class PostExchange:
         err: Exception | None = collector.error
         if err is None and self._timed_out:
             err = RequestTimeout("receive", self.timeout, url)
-        if err is None and reason.check(ResponseDone, PotentialDataLoss):
+        if err is None and isinstance(reason.value, _BODY_ENDS):
             try:
                 body = collector.finish()
             except NousHTTPError as e:

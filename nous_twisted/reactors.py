@@ -56,7 +56,11 @@ def default_reactor(reactor: Any | None) -> Any:
     """
     if reactor is not None:
         return reactor
-    if "twisted.internet.reactor" not in sys.modules and _get_running_loop() is not None:
+    # Installing a reactor puts it in sys.modules: no import statement per call.
+    installed = sys.modules.get("twisted.internet.reactor")
+    if installed is not None:
+        return installed
+    if _get_running_loop() is not None:
         raise RuntimeError(
             "nous_twisted needs a running Twisted reactor, and this is an asyncio loop without "
             "one (Scrapy's TWISTED_REACTOR_ENABLED=False, or plain asyncio). Install "

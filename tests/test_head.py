@@ -302,3 +302,124 @@ def test_one_write_request_refuses_a_second_host_as_twisted_does() -> None:
         OneWriteRequest._construct(b"POST", b"/", headers, BytesProducer(b"x"), persistent=True, parsedURI=None).writeTo(
             StringTransport()
         )
+
+
+# -- the request head made once per (method, URL, header set) ----------------------------
+
+
+def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
+    h = Headers()
+    for name, value in pairs:
+        h.addRawHeader(name, value)
+    return h
+
+
+HEAD_PAIRS = [(b"Authorization", b"Bearer k"), (b"content-type", b"application/json"), (b"X-Two", b"a"),
+              (b"x-two", b"b"), (b"host", b"h:1")]
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("body", [b'{"model": "m"}', b"", None])
+def test_a_prepared_head_sends_what_twisted_sends(persistent: bool, body: bytes | None) -> None:
+    from nous_twisted.body import head_parts
+
+    headers = _headers(HEAD_PAIRS)
+    parts = head_parts(b"POST" if body is not None else b"GET", b"/v1/x?y=1", headers, persistent)
+    assert parts is not None
+    method = b"POST" if body is not None else b"GET"
+
+    def wire(request: Request, producer: Any) -> bytes:
+        t = StringTransport()
+        done: list[Any] = []
+        request.writeTo(t).addBoth(done.append)
+        assert done == [None]
+        return t.value()
+
+    ours = wire(OneWriteRequest.with_head(method, b"/v1/x?y=1", headers, None if body is None else BytesProducer(body),
+                                          persistent, None, parts), None)
+    theirs = wire(Request._construct(method, b"/v1/x?y=1", headers, None if body is None else BytesProducer(body),
+                                     persistent=persistent, parsedURI=None), None)
+    assert ours == theirs
+    assert (b"Connection: close\r\n" in ours) is (not persistent)
+
+
+def test_with_head_sets_what_requests_init_sets() -> None:
+    """``OneWriteRequest.with_head`` skips ``Request.__init__`` (its checks
+    ran when the head was made): it must set every attribute it sets."""
+    from nous_twisted.body import head_parts
+
+    headers = _headers(HEAD_PAIRS)
+    parts = head_parts(b"POST", b"/v1", headers, True)
+    assert parts is not None
+    ours = OneWriteRequest.with_head(b"POST", b"/v1", headers, None, True, "parsed", parts)
+    theirs = Request._construct(b"POST", b"/v1", headers, None, persistent=True, parsedURI="parsed")
+    assert set(vars(theirs)) <= set(vars(ours)), "Request.__init__ sets attributes with_head does not: update it"
+    assert {k: vars(ours)[k] for k in vars(theirs)} == vars(theirs)
+
+
+@pytest.mark.parametrize("why", ["two hosts", "no host", "bad uri", "bad method"])
+def test_head_parts_gives_way_where_twisted_refuses(why: str) -> None:
+    """What Twisted refuses is not cached: its own path raises in context."""
+    from nous_twisted.body import head_parts
+
+    pairs = [p for p in HEAD_PAIRS if p[0] != b"host"]
+    hosts = {"two hosts": [(b"host", b"a"), (b"host", b"b")], "no host": []}.get(why, [(b"host", b"h")])
+    uri = b"/a b" if why == "bad uri" else b"/v1"
+    method = b"PO ST" if why == "bad method" else b"POST"
+    assert head_parts(method, uri, _headers(pairs + hosts), True) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shared_agent_makes_each_head_once() -> None:
+    """Two header sets to one URL: two heads made, each reused, and every
+    request on the wire as the caller's headers say, with one Host."""
+    seen: list[bytes] = []
+
+    def reply(p: Any) -> None:
+        seen.append(p.buffer)
+        p.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        p.buffer, p.handled = b"", False
+
+    raw = RawServer(reply).listen()
+    agent = get_shared().agent
+    agent._heads.clear()
+    try:
+        for _ in range(3):
+            assert await post(raw.url + "/v1", {"a": 1}, {"X-A": "1"}, backend="agent") == {}
+            assert await post(raw.url + "/v1", {"a": 1}, {"X-B": "2"}, backend="agent") == {}
+        assert len(agent._heads) == 2
+        assert len(set(seen[0::2])) == 1 and len(set(seen[1::2])) == 1
+        first, second = seen[0], seen[1]
+        assert b"\r\nX-A: 1\r\n" in first and f"\r\nHost: 127.0.0.1:{raw.port.getHost().port}\r\n".encode() in first
+        assert b"\r\nX-B: 2\r\n" in second and b"X-A" not in second
+        assert all(s.lower().count(b"\r\nhost: ") == 1 for s in seen)
+        assert first.endswith(b'\r\n\r\n{"a":1}') and b"\r\nContent-Length: 7\r\n" in first
+    finally:
+        await raw.stop()
+
+
+def test_the_shared_agent_keeps_a_bounded_number_of_heads() -> None:
+    from nous_twisted.endpoints import MAX_CACHED_URLS
+    from nous_twisted.request import prepare
+
+    agent = get_shared().agent
+    agent._heads.clear()
+    for i in range(MAX_CACHED_URLS + 5):
+        request = prepare("http://127.0.0.1:9/v1", {}, {"X-N": str(i)})
+        key = (request.method, b"/v1", request.headers, b"127.0.0.1:9", True)
+        agent._head(key, request)
+        assert len(agent._heads) <= MAX_CACHED_URLS
+
+
+def test_request_with_endpoint_keeps_twisteds_shape() -> None:
+    """``SharedAgent._requestWithEndpoint`` replaces Twisted's: Agent.request
+    calls it with the same arguments, which must still be these."""
+    import inspect
+
+    from twisted.web.client import Agent
+
+    from nous_twisted.endpoints import SharedAgent
+
+    theirs = list(inspect.signature(Agent._requestWithEndpoint).parameters)
+    ours = list(inspect.signature(SharedAgent._requestWithEndpoint).parameters)
+    assert ours[: len(theirs)] == theirs and ours[len(theirs):] == ["parts"]

@@ -211,3 +211,43 @@ def test_ca_bundle_validation(tmp_path: object) -> None:
         f.write("not a certificate")
     with pytest.raises(ValueError, match="no PEM certificate"):
         nous_twisted.configure(ca_bundle=empty)
+
+
+@pytest.mark.parametrize("check", ["poll", "peek"])
+def test_an_idle_socket_is_readable_on_bytes_eof_or_close(check: str) -> None:
+    """Both ways of asking (a zero-timeout poll, a peeking recv) say the
+    same: nothing to read -> reusable; bytes, EOF or a closed socket -> not."""
+    import socket
+
+    from nous_twisted import pool as pool_module
+
+    ask = pool_module._poll if check == "poll" else pool_module._peek
+    if check == "poll" and not hasattr(__import__("select"), "poll"):
+        pytest.skip("no poll() here")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        assert ask(a) is False
+        b.send(b"x")
+        assert ask(a) is True
+        a.recv(1)
+        assert ask(a) is False
+        b.close()
+        assert ask(a) is True
+    finally:
+        a.close()
+    assert ask(a) is True  # fileno() is -1 once closed
+
+    class Layer:  # is_readable finds the socket under a TLS-like layer
+        def __init__(self, sock: Any = None, transport: Any = None) -> None:
+            self.socket, self.transport = sock, transport
+
+    c, d = socket.socketpair()
+    c.setblocking(False)
+    try:
+        assert pool_module.is_readable(Layer(transport=Layer(sock=c))) is False
+        d.close()
+        assert pool_module.is_readable(Layer(transport=Layer(sock=c))) is True
+        assert pool_module.is_readable(Layer()) is False  # no socket: nothing to ask
+    finally:
+        c.close()
