@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +20,7 @@ from twisted.web.iweb import IResponse
 
 from .body import BytesProducer
 from .compression import STEP, Decompressor, decompressor_for
+from .deadlines import Deadlines, deadlines
 from .errors import BufferOverflow, NousHTTPError, RequestTimeout, StreamTruncated
 from .failures import classify, describe, reasons
 from .pool import abort_transport, send_with_ticket
@@ -128,7 +128,7 @@ class PostExchange:
         # Awaitable from asyncio Tasks too, without a chained Deferred per call.
         self.result: Deferred[RawResponse] = AwaitableDeferred(self._cancel)
         self._request_d: Deferred[Any] | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadlines | None = None
         self._collector: _BodyCollector | None = None
         self._response: IResponse | None = None
         self._timed_out = False
@@ -150,7 +150,8 @@ class PostExchange:
 
     def _connected(self) -> None:
         if self._timer is None and not self.result.called:
-            self._timer = self.reactor.callLater(self.timeout, self._time_out)
+            self._timer = deadlines(self.reactor, self.timeout)
+            self._timer.add(self._time_out)
 
     def _time_out(self) -> None:
         self._timer = None
@@ -162,8 +163,7 @@ class PostExchange:
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
+            self._timer.discard(self._time_out)
             self._timer = None
 
     def _got_response(self, response: IResponse) -> None:

@@ -578,7 +578,17 @@ def prepare(
     hs, secrets = _prepared_headers(headers, tuple(defaults), method, accept)
     if checked.query_secrets:
         secrets = request_secrets(hs, checked.query_secrets)
-    return HTTPRequest(url_str, checked.url_bytes, encoded, hs, checked.display, secrets, method, pool_timeout)
+    # HTTPRequest(...) sets its nine fields through object.__setattr__ (it is
+    # frozen): one dict update is a third of that, on every request.
+    request: HTTPRequest = _new(HTTPRequest)
+    request.__dict__.update(
+        url=url_str, url_bytes=checked.url_bytes, body=encoded, headers=hs, display_url=checked.display,
+        secrets=secrets, method=method, pool_timeout=pool_timeout, proxy=None,
+    )
+    return request
+
+
+_new = object.__new__
 
 
 def _final_headers(

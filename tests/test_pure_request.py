@@ -623,3 +623,25 @@ def test_unhashable_but_valid_headers_are_prepared_without_the_cache() -> None:
     assert get.secrets == (b"Bearer sk-abcdefghijkl", b"sk-abcdefghijkl")
     posted = prepare("http://h.example/", {}, {"Authorization": value}, defaults=defaults)
     assert (b"content-type", b"application/json") in posted.headers and (b"x-default", b"d") in posted.headers
+
+
+@pytest.mark.parametrize("method", [b"POST", b"GET"])
+def test_prepare_builds_the_same_request_as_the_constructor(method: bytes) -> None:
+    """prepare() fills an HTTPRequest's fields itself (faster than the frozen
+    dataclass's __init__): every field, as the constructor would."""
+    import dataclasses
+
+    from nous_twisted.request import HTTPRequest, prepare
+
+    r = prepare("https://api.example/v1?key=s3cret", {"a": 1} if method == b"POST" else None,
+                {"Authorization": "Bearer k"}, method=method, pool_timeout=2.5)
+    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(HTTPRequest)}
+    assert set(vars(r)) == set(fields)
+    assert r == HTTPRequest(**fields) and hash(r) == hash(HTTPRequest(**fields))
+    assert (r.method, r.pool_timeout, r.proxy) == (method, 2.5, None)
+    assert r.url == "https://api.example/v1?key=s3cret" and r.url_bytes == b"https://api.example/v1?key=s3cret"
+    assert "s3cret" not in r.display_url and b"Bearer k" in r.secrets
+    assert r.body == (b'{"a":1}' if method == b"POST" else b"")
+    assert dict(r.headers)[b"Authorization"] == b"Bearer k"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.url = "x"  # type: ignore[misc]
