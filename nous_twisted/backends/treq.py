@@ -26,6 +26,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ..body import BytesProducer, body_for
+from ..endpoints import SharedAgent
 from ..exchange import PostExchange
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
@@ -100,8 +101,13 @@ class StatelessHTTPClient(HTTPClient):
         super().__init__(_BelowTreq(agent), cookiejar=_no_cookies())
         self.direct = agent
 
-    def send(self, method: bytes, url: bytes, headers: Headers, body: IBodyProducer | None) -> Deferred[Any]:
-        d: Deferred[Any] = self.direct.request(method, url, headers, body)
+    def send(self, request: HTTPRequest, body: IBodyProducer | None) -> Deferred[Any]:
+        direct = self.direct
+        d: Deferred[Any]
+        if type(direct) is SharedAgent:
+            d = direct.send(request, body)  # the request head made once, as for the agent backend
+        else:
+            d = direct.request(request.method, request.url_bytes, request.twisted_headers(), body)
         return d.addCallback(_Response, self._cookiejar)
 
 
@@ -133,9 +139,9 @@ def treq_send(client: HTTPClient, request: HTTPRequest, body: BytesProducer, rea
     """Send ``request`` (its ``method``; a GET without a body) through treq
     with an unbuffered response (the body is read by the caller, under its own
     limits) and without following redirects."""
-    headers = request.twisted_headers()
     if isinstance(client, StatelessHTTPClient):
-        return client.send(request.method, request.url_bytes, headers, body_for(request, body))
+        return client.send(request, body_for(request, body))
+    headers = request.twisted_headers()
     accept = headers.getRawHeaders(b"accept-encoding")
     if accept:
         # treq's ContentDecoderAgent adds "gzip" on top: hand ours past it.
