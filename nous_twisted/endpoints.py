@@ -140,16 +140,12 @@ class SharedAgent(Agent):
         would write, checked as it checks them) is made once per distinct
         (method, URL, header set) instead of on every request (~5 µs)."""
         ticket = CONNECT_TICKET.get()
-        uri = request.url_bytes
         if ticket is not None and ticket.proxy is not None:
-            return self._request_via(ticket.proxy, request.method, uri, request.twisted_headers(), body)
-        plan = self._plans.get(uri)
-        if plan is None:
-            try:
-                plan = self._plan(uri)
-            except SchemeNotSupported:
-                return fail()
-        parsed, key, endpoint, host, path = plan
+            return self.request(request.method, request.url_bytes, request.twisted_headers(), body)
+        try:
+            parsed, key, endpoint, host, path = self._plans.get(request.url_bytes) or self._plan(request.url_bytes)
+        except SchemeNotSupported:
+            return fail()
         persistent = self._pool.persistent
         head_key = (request.method, path, request.headers, host, persistent)
         head = self._heads.get(head_key)
@@ -246,13 +242,10 @@ class SharedAgent(Agent):
         ticket = CONNECT_TICKET.get()
         if ticket is not None and ticket.proxy is not None:
             return self._request_via(ticket.proxy, method, uri, headers, bodyProducer)
-        plan = self._plans.get(uri)
-        if plan is None:
-            try:
-                plan = self._plan(uri)
-            except SchemeNotSupported:
-                return fail()
-        parsed, key, endpoint, host, path = plan
+        try:
+            parsed, key, endpoint, host, path = self._plans.get(uri) or self._plan(uri)
+        except SchemeNotSupported:
+            return fail()
         if headers is None:
             headers = Headers()
         if not headers.hasHeader(b"host"):

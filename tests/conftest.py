@@ -94,3 +94,14 @@ def ca_file(ca: trustme.CA, tmp_path: Any) -> str:
 
 
 BACKENDS = ["treq", "agent"]
+
+
+@pytest_twisted.async_yield_fixture
+async def scripted(ca: trustme.CA, ca_file: str) -> AsyncIterator[Any]:
+    """A scripted HTTP/2 server on TLS (ALPN h2 only), its CA trusted by the library."""
+    from .h2server import ScriptedH2Server, tls_options
+
+    nous_twisted.configure(ca_bundle=ca_file)
+    server = ScriptedH2Server(get_reactor(), tls_options(ca, [b"h2"])).listen()
+    yield server
+    await server.stop()

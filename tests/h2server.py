@@ -58,6 +58,15 @@ def tls_options(ca: Any, alpn: list[bytes] | None, name: str = "localhost") -> C
     return CertificateOptions(privateKey=pc.privateKey.original, certificate=pc.original, **kw)
 
 
+async def tls_fake(ca: Any, ca_file: str, alpn: list[bytes], reply_tokens: int) -> Any:
+    """A started FakeLLMServer on TLS offering ``alpn``, its CA trusted by the library."""
+    import nous_twisted
+    from nous_twisted.testing import FakeLLMServer
+
+    nous_twisted.configure(ca_bundle=ca_file)
+    return await FakeLLMServer(reply_tokens=reply_tokens, tls=tls_options(ca, alpn), host="localhost").start()
+
+
 class _Stream:
     def __init__(self, sid: int, path: str) -> None:
         self.sid = sid

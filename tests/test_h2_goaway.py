@@ -5,11 +5,9 @@ as a TransportError before any byte.  Both reactors."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
-import trustme
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred
@@ -18,17 +16,9 @@ import nous_twisted
 from nous_twisted import StreamDone, StreamError, StreamTruncated, TransportError
 from nous_twisted.h2conn import QUIET_VERSIONS, _Connection, _GoawayKeepsOpen, _KeepsEvents, _QuietH2Connection
 
-from .h2server import H2ServerProtocol, ScriptedH2Server, tls_options
-from .helpers import get_reactor, sleep, wait_for
+from .h2server import H2ServerProtocol, ScriptedH2Server
+from .helpers import sleep, wait_for
 from .test_h2_stream import BODY, collect
-
-
-@pytest_twisted.async_yield_fixture
-async def scripted(ca: trustme.CA, ca_file: str) -> AsyncIterator[ScriptedH2Server]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = ScriptedH2Server(get_reactor(), tls_options(ca, [b"h2"])).listen()
-    yield server
-    await server.stop()
 
 
 def start(url: str) -> tuple[Any, Deferred[list[Any]]]:

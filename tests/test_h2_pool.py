@@ -4,7 +4,6 @@ handshake for a burst, idle close, pool_timeout, shutdown.  Both reactors."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -23,14 +22,6 @@ from nous_twisted.testing import FakeLLMServer
 from .h2server import ScriptedH2Server, tls_options
 from .helpers import get_reactor, sleep, wait_for
 from .test_h2_stream import BODY, collect
-
-
-@pytest_twisted.async_yield_fixture
-async def scripted(ca: trustme.CA, ca_file: str) -> AsyncIterator[ScriptedH2Server]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = ScriptedH2Server(get_reactor(), tls_options(ca, [b"h2"])).listen()
-    yield server
-    await server.stop()
 
 
 def pool() -> Any:

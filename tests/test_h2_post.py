@@ -19,7 +19,7 @@ from nous_twisted.reactors import awaitable
 from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer
 
-from .h2server import ScriptedH2Server, tls_options
+from .h2server import ScriptedH2Server, tls_fake
 from .helpers import get_reactor, sleep
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -27,16 +27,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest_twisted.async_yield_fixture
 async def h2_fake(ca: trustme.CA, ca_file: str) -> AsyncIterator[FakeLLMServer]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = await FakeLLMServer(reply_tokens=6, tls=tls_options(ca, [b"h2", b"http/1.1"]), host="localhost").start()
-    yield server
-    await server.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def scripted(ca: trustme.CA, ca_file: str) -> AsyncIterator[ScriptedH2Server]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = ScriptedH2Server(get_reactor(), tls_options(ca, [b"h2"])).listen()
+    server = await tls_fake(ca, ca_file, [b"h2", b"http/1.1"], 6)
     yield server
     await server.stop()
 

@@ -20,7 +20,7 @@ from nous_twisted.reactors import awaitable
 from nous_twisted.shared import get_shared
 from nous_twisted.testing import FakeLLMServer
 
-from .h2server import tls_options
+from .h2server import tls_fake, tls_options
 from .proxyserver import ScriptProxy
 from .test_h2_stream import BODY, collect, strip_ids
 from .test_proxy_loopback import CREDS, PASSWORD, USER
@@ -28,16 +28,14 @@ from .test_proxy_loopback import CREDS, PASSWORD, USER
 
 @pytest_twisted.async_yield_fixture
 async def h2_server(ca: trustme.CA, ca_file: str) -> AsyncIterator[FakeLLMServer]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = await FakeLLMServer(reply_tokens=5, tls=tls_options(ca, [b"h2", b"http/1.1"]), host="localhost").start()
+    server = await tls_fake(ca, ca_file, [b"h2", b"http/1.1"], 5)
     yield server
     await server.stop()
 
 
 @pytest_twisted.async_yield_fixture
 async def h1_server(ca: trustme.CA, ca_file: str) -> AsyncIterator[FakeLLMServer]:
-    nous_twisted.configure(ca_bundle=ca_file)
-    server = await FakeLLMServer(reply_tokens=5, tls=tls_options(ca, [b"http/1.1"]), host="localhost").start()
+    server = await tls_fake(ca, ca_file, [b"http/1.1"], 5)
     yield server
     await server.stop()
 

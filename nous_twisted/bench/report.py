@@ -545,10 +545,12 @@ def write_report(
 _LIBRARY_LAYERS = (
     "What this library does per request and raw Agent does not: checking the call's arguments "
     "(`request.prepare`: the URL and the header set are checked once and cached, the body encoded), "
-    "choosing the route (the proxy environment, read in one pass), its receive time limit (a `callLater` "
-    "and its cancel), the pool's reuse check (a `MSG_PEEK` recv on the idle socket) and two Deferreds of "
-    "its own. What it no longer pays and raw Agent does: a new `HostnameEndpoint` with IDNA encoding and a "
-    "copy of the headers per request, the body written through a length-enforcing consumer with three "
+    "choosing the route (the proxy environment, read in one pass), its receive time limit (an entry in a "
+    "set of timeouts of the same length, `deadlines.py`), the pool's reuse check (a zero-timeout `poll()` "
+    "on the idle socket) and two Deferreds of its own. What it no longer pays and raw Agent does: a new "
+    "`HostnameEndpoint` with IDNA encoding, new `Headers` and a copy of them per request, the request head "
+    "built and checked per request (`SharedAgent.send` makes it once per method, URL and header set), the "
+    "body written through a length-enforcing consumer with three "
     "Deferreds (`body.OneWriteRequest` writes head and body at once), the response head parsed line by "
     "line (`head.take_head` reads a head that came in one read in one pass), a `callLater` and a cancel "
     "for the pool's idle timer (reset instead), two `epoll_ctl` around every write and the reactor "
@@ -588,9 +590,10 @@ EXPLANATIONS: dict[str, str] = {
         "cyclic garbage collector, which runs more often with 100 requests' objects alive at once."
     ),
     "posts at c=10, treq backend: CPU/request vs agent backend": (
-        "The treq backend sends what the agent backend sends (`StatelessHTTPClient.send`, without the "
-        "cookie jar, `CookieAgent`, `ContentDecoderAgent` and URL rendering that `HTTPClient.request` "
-        "rebuilds per call) and adds treq's response wrapper; a larger gap than that comes from the run."
+        "The treq backend sends what the agent backend sends (`StatelessHTTPClient.send`, the same "
+        "prepared request heads, without the cookie jar, `CookieAgent`, `ContentDecoderAgent` and URL "
+        "rendering that `HTTPClient.request` rebuilds per call) and adds treq's response wrapper; a larger "
+        "gap than that comes from the run."
     ),
     "posts at c=100, treq backend: CPU/request vs agent backend": (
         "The treq backend sends what the agent backend sends (`StatelessHTTPClient.send`) and adds treq's "
