@@ -30,14 +30,12 @@ the h2 stream's byte count read for the stopped-consumer figure.
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -45,6 +43,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
+
+from .spawn import make_ca, spawn
 
 STEADY = (0.1, 0.9)
 
@@ -489,26 +489,11 @@ def weights(quick: bool, sizes: dict[str, Any] | None = None) -> list[float]:
 
 def _start_server(h2_server: str) -> tuple[subprocess.Popen[str], int, int, str]:
     """The server process, its TLS and stats ports, the CA's PEM file."""
-    import shutil
-
-    import trustme
-
-    directory = tempfile.mkdtemp(prefix="nous-twisted-bench-h2-")
-    atexit.register(shutil.rmtree, directory, True)
-    ca = trustme.CA()
-    chain, ca_pem = os.path.join(directory, "server.pem"), os.path.join(directory, "ca.pem")
-    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(chain)
-    ca.cert_pem.write_to_path(ca_pem)
-    proc = subprocess.Popen(
+    chain, ca_pem = make_ca("nous-twisted-bench-h2-", "localhost")
+    proc, words = spawn(
         [sys.executable, "-m", "nous_twisted.bench.h2", "--serve", chain, "--h2-server", h2_server],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        "the h2 bench server",
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("PORT "):
-        proc.kill()
-        raise RuntimeError(f"the h2 bench server did not start: {line!r}")
-    words = line.split()
     return proc, int(words[1]), int(words[2]), ca_pem
 
 

@@ -8,17 +8,14 @@ written from these numbers only.
 
 from __future__ import annotations
 
-import atexit
 import importlib.metadata
 import importlib.util
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ import orjson
 
 from .clients import CLIENTS
 from .scenarios import ALL_SCENARIOS, H2, SCALING, SCALING_NAMES, SCENARIOS, Scenario
+from .spawn import make_ca, spawn
 
 REPORT = "benchmarks.md"
 
@@ -81,18 +79,6 @@ _TLS: dict[str, tuple[str, str]] = {}
 _SERVERS: dict[str, subprocess.Popen[str]] = {}
 
 
-def _make_ca(directory: str) -> tuple[str, str]:
-    """A trustme CA for this run: (the server's key and chain PEM, the CA PEM)."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    chain, ca_pem = os.path.join(directory, "server.pem"), os.path.join(directory, "ca.pem")
-    cert.private_key_and_cert_chain_pem.write_to_path(chain)
-    ca.cert_pem.write_to_path(ca_pem)
-    return chain, ca_pem
-
-
 def start_server(tls: bool = True) -> tuple[subprocess.Popen[str], str]:
     """Start the bench server; its http base URL.  With ``tls`` it also listens
     with TLS, its certificate (for 127.0.0.1 and localhost) signed by a CA made
@@ -100,17 +86,9 @@ def start_server(tls: bool = True) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "nous_twisted.bench.server"]
     ca_pem = None
     if tls:
-        directory = tempfile.mkdtemp(prefix="nous-twisted-bench-ca-")
-        atexit.register(shutil.rmtree, directory, True)
-        chain, ca_pem = _make_ca(directory)
+        chain, ca_pem = make_ca("nous-twisted-bench-ca-", "127.0.0.1", "localhost")
         cmd += ["--tls", chain]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("PORT "):
-        proc.kill()
-        raise RuntimeError(f"the benchmark server did not start: {line!r}")
-    words = line.split()
+    proc, words = spawn(cmd, "the benchmark server")
     base = f"http://127.0.0.1:{int(words[1])}"
     if ca_pem is not None:
         _TLS[base] = (f"https://127.0.0.1:{int(words[3])}", ca_pem)
