@@ -24,7 +24,6 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset, WindowUpdated
 from h2.exceptions import H2Error
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
@@ -32,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from nous_twisted.bench.h2 import send_within_window
 
 from .faultserver import Abort, Close, Hold, Sleep, get_reactor
-from .h2server import receive
+from .h2server import serve
 
 
 @dataclass(frozen=True)
@@ -188,25 +187,22 @@ class H2FaultProtocol(Protocol):
         self.write(self.conn.data_to_send())
 
     def dataReceived(self, data: bytes) -> None:
-        events = receive(self, data)
-        if events is None:
-            return
-        for ev in events:
-            if isinstance(ev, RequestReceived):
-                self.server.requests.append(dict(ev.headers))
-            elif isinstance(ev, DataReceived):
-                if ev.flow_controlled_length:
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, StreamEnded):
-                self._answer(ev.stream_id)
-            elif isinstance(ev, StreamReset):
-                self.server.resets_received.append(ev.error_code)
-                self.closed_streams.add(ev.stream_id)
-                self._release(ev.stream_id)
-            elif isinstance(ev, WindowUpdated):
-                for sid in list(self.pending):
-                    self._push(sid)
-        self.flush()
+        serve(self, data)
+
+    def on_request(self, sid: int, headers: dict[bytes, bytes]) -> None:
+        self.server.requests.append(headers)
+
+    def on_end(self, sid: int) -> None:
+        self._answer(sid)
+
+    def on_reset(self, sid: int, code: int) -> None:
+        self.server.resets_received.append(code)
+        self.closed_streams.add(sid)
+        self._release(sid)
+
+    def on_window(self) -> None:
+        for sid in list(self.pending):
+            self._push(sid)
 
     # -- answering ------------------------------------------------------------------
 

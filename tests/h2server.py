@@ -49,6 +49,29 @@ def receive(proto: Any, data: bytes) -> list[Any] | None:
     return events
 
 
+def serve(proto: Any, data: bytes) -> None:
+    """A test server protocol's ``dataReceived``: the events of ``data`` (see
+    :func:`receive`) to its hooks - ``on_request(sid, headers)``,
+    ``on_end(sid)``, ``on_reset(sid, error_code)``, ``on_window()`` - with
+    received DATA acknowledged here, then what the hooks queued sent."""
+    events = receive(proto, data)
+    if events is None:
+        return
+    for ev in events:
+        if isinstance(ev, RequestReceived):
+            proto.on_request(ev.stream_id, dict(ev.headers))
+        elif isinstance(ev, DataReceived):
+            if ev.flow_controlled_length:
+                proto.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, StreamEnded):
+            proto.on_end(ev.stream_id)
+        elif isinstance(ev, StreamReset):
+            proto.on_reset(ev.stream_id, ev.error_code)
+        elif isinstance(ev, WindowUpdated):
+            proto.on_window()
+    proto.flush()
+
+
 def tls_options(ca: Any, alpn: list[bytes] | None, name: str = "localhost") -> CertificateOptions:
     cert = ca.issue_cert(name)
     pc = PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes())
@@ -107,28 +130,25 @@ class H2ServerProtocol(Protocol):
             self.transport.write(out)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        events = receive(self, data)
-        if events is None:
-            return
-        for ev in events:
-            if isinstance(ev, RequestReceived):
-                self._request(ev.stream_id, dict(ev.headers))
-            elif isinstance(ev, DataReceived):
-                if ev.flow_controlled_length:
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, StreamEnded):
-                pass
-            elif isinstance(ev, StreamReset):
-                st = self.streams.get(ev.stream_id)
-                if st is not None:
-                    st.reset = True
-                    self.server.resets_received.append(ev.error_code)
-                    if st.call is not None and st.call.active():
-                        st.call.cancel()
-            elif isinstance(ev, WindowUpdated):
-                for st in list(self.streams.values()):
-                    self._push(st)
-        self.flush()
+        serve(self, data)
+
+    def on_request(self, sid: int, headers: dict[bytes, bytes]) -> None:
+        self._request(sid, headers)
+
+    def on_end(self, sid: int) -> None:
+        pass
+
+    def on_reset(self, sid: int, code: int) -> None:
+        st = self.streams.get(sid)
+        if st is not None:
+            st.reset = True
+            self.server.resets_received.append(code)
+            if st.call is not None and st.call.active():
+                st.call.cancel()
+
+    def on_window(self) -> None:
+        for st in list(self.streams.values()):
+            self._push(st)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
