@@ -75,7 +75,7 @@ def check_seconds(name: str, value: object) -> float:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0 or value == float("inf") or value != value:
+    if not value > 0 or value == _INF or value != value:
         raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
     return float(value)
 

@@ -64,6 +64,8 @@ class Deadlines:
             expire = next(iter(entries))
             deadline = entries[expire]
             if deadline > now:
+                if self._call is not None:  # armed by an add() from a callback above, for later
+                    self._call.cancel()
                 self._call = self._reactor.callLater(deadline - now, self._wake)
                 return
             del entries[expire]

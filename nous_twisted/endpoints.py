@@ -56,6 +56,15 @@ _HeadKey = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], bytes, bool]
 _Head = tuple[Headers, "tuple[bytes, bytes] | None"]
 
 
+def send_through(agent: Any, request: HTTPRequest, body: IBodyProducer | None) -> Deferred[IResponse]:
+    """Send the library's ``request`` through ``agent``: the shared agent's
+    :meth:`SharedAgent.send` (its head made once), any other agent's
+    ``request()``."""
+    if type(agent) is SharedAgent:
+        return agent.send(request, body)
+    return agent.request(request.method, request.url_bytes, request.twisted_headers(), body)  # type: ignore[no-any-return]
+
+
 class SharedAgent(Agent):
     """An Agent on the shared pool that plans each URL once."""
 

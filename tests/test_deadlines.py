@@ -94,3 +94,31 @@ def test_one_set_per_reactor_and_length() -> None:
     assert deadlines(c1, 30.0) is not deadlines(c1, 31.0)
     assert deadlines(c1, 30.0) is not deadlines(c2, 30.0)
     assert deadlines(c2, 31.0).seconds == 31.0
+
+
+def test_a_callback_that_sets_a_new_timeout_leaves_one_timer_at_the_first_deadline() -> None:
+    """A timeout's callback may start another call (a retry, a user's
+    errback) and so add to the same set while it wakes: one DelayedCall
+    stays, set for the earliest deadline left."""
+    clock = Clock()
+    fired: list[str] = []
+    d = Deadlines(clock, 10.0)
+    late = Waiter("late", fired)
+    first = Waiter("first", fired)
+    again = Waiter("again", fired)
+
+    def expire_and_add() -> None:
+        first.expire()
+        d.add(again.expire)  # due at 10 + 10
+
+    d.add(expire_and_add)
+    clock.advance(5)
+    d.add(late.expire)  # due at 15
+    clock.advance(5)  # t = 10: the first expires and adds "again"
+    assert fired == ["first"]
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [15.0]
+    clock.advance(5)
+    assert fired == ["first", "late"]
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [20.0]
+    clock.advance(5)
+    assert fired == ["first", "late", "again"] and clock.getDelayedCalls() == []

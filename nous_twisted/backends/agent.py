@@ -9,7 +9,7 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from ..body import BytesProducer, body_for
-from ..endpoints import SharedAgent
+from ..endpoints import send_through
 from ..exchange import PostExchange
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
@@ -21,9 +21,7 @@ from ..shared import get_shared
 def agent_send(agent: IAgent, request: HTTPRequest, body: BytesProducer) -> Deferred[Any]:
     """Send ``request`` (its ``method``) through an Agent, the body written in
     one go; a GET goes without a body (no producer, no ``Content-Length``)."""
-    if type(agent) is SharedAgent:
-        return agent.send(request, body_for(request, body))
-    return agent.request(request.method, request.url_bytes, request.twisted_headers(), body_for(request, body))
+    return send_through(agent, request, body_for(request, body))
 
 
 @implementer(IHTTPBackend)

@@ -26,7 +26,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ..body import BytesProducer, body_for
-from ..endpoints import SharedAgent
+from ..endpoints import send_through
 from ..exchange import PostExchange
 from ..interfaces import IHTTPBackend
 from ..reactors import default_reactor
@@ -102,12 +102,7 @@ class StatelessHTTPClient(HTTPClient):
         self.direct = agent
 
     def send(self, request: HTTPRequest, body: IBodyProducer | None) -> Deferred[Any]:
-        direct = self.direct
-        d: Deferred[Any]
-        if type(direct) is SharedAgent:
-            d = direct.send(request, body)  # the request head made once, as for the agent backend
-        else:
-            d = direct.request(request.method, request.url_bytes, request.twisted_headers(), body)
+        d: Deferred[Any] = send_through(self.direct, request, body)
         return d.addCallback(_Response, self._cookiejar)
 
 
